@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="sqlflow_playground",
+    version="0.2.0",
+    description="Mutual-TLS HTTPS gateway in front of a SQLFlow playground cluster",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["sqlflow_playground", "sqlflow_playground.*"]),
+    scripts=["scripts/gen_cert.sh"],
+    install_requires=[
+        "tornado>=6.1",
+        "sqlalchemy>=1.4",
+        "pymysql>=1.0",
+        "pyyaml>=5.4",
+    ],
+    extras_require={
+        "test": [
+            "cryptography>=42",
+            "pytest>=7",
+            "pytest-tornado>=0.8",
+        ],
+        "bench": ["uvloop>=0.17"],
+    },
+    entry_points={
+        "console_scripts": ["sqlflow_playground=sqlflow_playground.cli:main"],
+    },
+)

@@ -1,0 +1,150 @@
+"""Configuration: one frozen dataclass, built once from flags, environment and YAML.
+
+Precedence, highest first: command-line flag, ``SQLFLOW_PLAYGROUND_<FLAG>`` environment
+variable, the YAML file named by ``--config``, the default. Flag names keep the seed's
+spelling (``--port --ca_crt --server_key --server_crt``).
+"""
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import yaml
+
+ENV_PREFIX = "SQLFLOW_PLAYGROUND_"
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the server; see ``sqlflow_playground --help``."""
+
+    port: int = _opt(50052, "HTTPS port to listen on")
+    host: str = _opt("", "interface to bind (default: all)")
+    ca_crt: Optional[str] = _opt(None, "CA certificate that client certificates must chain to")
+    server_key: Optional[str] = _opt(None, "server private key (PEM)")
+    server_crt: Optional[str] = _opt(None, "server certificate (PEM)")
+    crl: Optional[str] = _opt(None, "certificate revocation list (PEM); re-read on SIGHUP")
+    insecure: bool = _opt(False, "serve plain HTTP without client certificates (development only)")
+    frontend_certs: Tuple[str, ...] = _opt(
+        (), "comma-separated certificate identities that may act for any user_id")
+    state_dir: str = _opt("sqlflow_playground_state", "directory for the store and sqlite databases")
+    db_url: Optional[str] = _opt(
+        None, "SQLAlchemy URL of the state store (default: sqlite file in --state_dir)")
+    provisioner: str = _opt("sqlite", "per-user database backend", choices=("sqlite", "mysql"))
+    mysql_dsn: Optional[str] = _opt(
+        None, "admin DSN of an existing MySQL/MariaDB server, e.g. mysql://root:pw@127.0.0.1:3306")
+    mysql_public_host: Optional[str] = _opt(
+        None, "HOST[:PORT] written into data sources when clients reach MySQL under another name")
+    idle_timeout_s: float = _opt(3600.0, "release a user's database after this long without a heart beat")
+    reap_interval_s: float = _opt(60.0, "how often the idle reaper runs")
+    heartbeat_flush_s: float = _opt(1.0, "how often buffered heart beats are written to the store")
+    executor_threads: int = _opt(16, "threads for blocking work (database drivers)")
+    log_level: str = _opt("info", "logging level", choices=("debug", "info", "warning", "error"))
+    config: Optional[str] = _opt(None, "YAML file with any of these settings")
+
+    @property
+    def store_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return "sqlite:///" + os.path.abspath(os.path.join(self.state_dir, "store.db"))
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.ca_crt and self.server_key and self.server_crt)
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or has the wrong type."""
+
+
+def _convert(f: dataclasses.Field, raw: Any, source: str) -> Any:
+    """Turn a flag/env/YAML value into the field's type, refusing what does not fit."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if "Tuple" in kind:
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(s.strip() for s in items if str(s).strip())
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        value = str(raw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: invalid value for {f.name}: {raw!r}") from e
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{source}: {f.name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def build_parser(prog: str = "sqlflow_playground") -> argparse.ArgumentParser:
+    """An argparse parser whose defaults are all None, so unset flags can be told apart."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="SQLFlow playground gateway. Every flag can also be set as "
+        f"{ENV_PREFIX}<FLAG> in the environment or as a key in the --config YAML file.",
+    )
+    for f in dataclasses.fields(Config):
+        help_text = f"{f.metadata['help']} (default: {f.default!r}; env {ENV_PREFIX}{f.name.upper()})"
+        if f.type in (bool, "bool"):
+            parser.add_argument(f"--{f.name}", nargs="?", const="true", default=None,
+                                metavar="BOOL", help=help_text)
+        else:
+            parser.add_argument(f"--{f.name}", default=None, metavar=f.name.upper(),
+                                choices=f.metadata.get("choices"), help=help_text)
+    return parser
+
+
+def load_config(argv: Sequence[str], environ: Optional[Mapping[str, str]] = None) -> Config:
+    """Build the Config from command-line ``argv``, ``environ`` and the YAML file."""
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in vars(build_parser().parse_args(list(argv))).items() if v is not None}
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+
+    env = {}
+    for name in fields:
+        key = ENV_PREFIX + name.upper()
+        if key in environ:
+            env[name] = environ[key]
+
+    yaml_values: Dict[str, Any] = {}
+    config_path = flags.get("config") or env.get("config")
+    if config_path:
+        try:
+            with open(config_path, encoding="utf-8") as fh:
+                loaded = yaml.safe_load(fh) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read --config {config_path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--config {config_path} is not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {config_path} must hold a mapping of settings")
+        unknown = sorted(set(loaded) - set(fields))
+        if unknown:
+            raise ConfigError(f"--config {config_path}: unknown settings {', '.join(unknown)}")
+        yaml_values = loaded
+
+    values: Dict[str, Any] = {}
+    for source, layer in (("config file", yaml_values), ("environment", env), ("flag", flags)):
+        for name, raw in layer.items():
+            if raw is None:
+                continue
+            values[name] = _convert(fields[name], raw, source)
+    return Config(**values)

@@ -1,0 +1,114 @@
+"""What every API route shares: identity, JSON bodies with a size limit, JSON errors."""
+import json
+import logging
+from http import HTTPStatus
+from typing import Any, Dict, Optional
+
+import tornado.web
+
+from ..errors import BadRequest, PayloadTooLarge, PlaygroundError
+from ..identity import Identity, identity_from_cert
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+INSECURE_IDENTITY = Identity(name="anonymous", is_frontend=True)
+
+
+@tornado.web.stream_request_body
+class APIHandler(tornado.web.RequestHandler):
+    """Base of every route: ``self.identity`` is the caller, ``json_body()`` the request.
+
+    The body is streamed so an oversized one is refused with a JSON 413 from its
+    Content-Length before it is read, and one without a length is cut off at the limit.
+    """
+
+    identity: Identity
+
+    def prepare(self) -> None:
+        self._body = bytearray()
+        self._body_too_large = False
+        self.identity = self._resolve_identity()
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            self._body_too_large = True
+            raise PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._body_too_large or self._finished:
+            return
+        self._body.extend(chunk)
+        if len(self._body) > MAX_BODY_BYTES:
+            self._body_too_large = True
+            self._body = bytearray()
+
+    def _resolve_identity(self) -> Identity:
+        """The certificate's identity, parsed once per connection, not once per request."""
+        stream = getattr(self.request.connection, "stream", None)
+        cached = getattr(stream, "sfp_identity", None)
+        if cached is not None:
+            return cached
+        cert = self.request.get_ssl_certificate()
+        if not cert:
+            if self.settings.get("insecure"):
+                return INSECURE_IDENTITY
+            raise tornado.web.HTTPError(403, "a client certificate is required")
+        identity = identity_from_cert(cert, self.settings.get("frontend_certs", ()))
+        if stream is not None:
+            stream.sfp_identity = identity
+        return identity
+
+    # -- bodies ----------------------------------------------------------------
+
+    def json_body(self, allowed: tuple = ()) -> Dict[str, Any]:
+        """The body as a JSON object (empty body -> {}); keys outside ``allowed`` are refused."""
+        if self._body_too_large:
+            raise PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+        if not self._body.strip():
+            return {}
+        try:
+            body = json.loads(bytes(self._body))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest(f"request body is not valid JSON: {e}") from e
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        unknown = sorted(set(body) - set(allowed))
+        if unknown:
+            raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+        return body
+
+    def query(self, name: str) -> Optional[str]:
+        return self.get_query_argument(name, None)
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(payload))
+
+    # -- errors ----------------------------------------------------------------
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        code, message = "internal", "Unhandled error"
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, PlaygroundError):
+            status_code, code, message = exc.status, exc.code, exc.message
+        elif isinstance(exc, tornado.web.HTTPError) or status_code < 500:
+            code = HTTPStatus(status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+            message = (exc.log_message % exc.args if exc is not None and exc.log_message
+                       else HTTPStatus(status_code).phrase)
+        self.set_status(status_code)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"error": {"code": code, "message": message}}))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, (PlaygroundError, tornado.web.HTTPError)):
+            return  # expected; the access log records the status
+        super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(APIHandler):
+    """Every unknown route, whatever the method."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise tornado.web.HTTPError(404, "no route %s %s", self.request.method, self.request.path)

@@ -1,0 +1,154 @@
+"""The playground service: users' databases, heart beats and idle reaping. No HTTP here."""
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple
+
+from .blocking import BlockingRunner
+from .errors import NotFound
+from .provisioners import Provisioner
+from .store import READY, Store
+
+log = logging.getLogger(__name__)
+
+# A release claimed by a replica that then died is taken over after this long.
+STALE_RELEASE_S = 300.0
+
+
+class KeyedLocks:
+    """One asyncio.Lock per key, dropped again when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: Dict[str, Tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class PlaygroundService:
+    """Gives each user one private database and takes it back when they go idle.
+
+    Provisioning and release are serialised per user (single-flight): concurrent
+    ``create_db`` calls for one user share one provisioning. Heart beats only touch an
+    in-memory dict; ``flush_heartbeats`` writes them to the store in one batch.
+    """
+
+    def __init__(self, store: Store, provisioner: Provisioner, runner: BlockingRunner,
+                 idle_timeout_s: float, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.provisioner = provisioner
+        self.runner = runner
+        self.idle_timeout_s = idle_timeout_s
+        self.clock = clock
+        self._locks = KeyedLocks()
+        self._beats: Dict[str, float] = {}
+
+    # -- requests ------------------------------------------------------------
+
+    async def create_db(self, user_id: str) -> Tuple[Dict[str, Any], bool]:
+        """The user's database, provisioned now if needed. Returns (user, created_now)."""
+        async with self._locks.hold(user_id):
+            user = await self.runner.run(self.store.get_user, user_id)
+            if user is not None and user["status"] == READY:
+                self.heart_beat(user_id)
+                return user, False
+            if user is not None:  # a release that was interrupted: finish it first
+                await self.provisioner.release(user_id, user["resource"])
+            started = self.clock()
+            provisioned = await self.provisioner.provision(user_id)
+            user = await self.runner.run(
+                self.store.save_user, user_id, self.provisioner.name,
+                provisioned.data_source, provisioned.resource, self.clock())
+            log.info("provisioned a %s database for user %s in %.2fs",
+                     self.provisioner.name, user_id, self.clock() - started)
+            return user, True
+
+    def heart_beat(self, user_id: str) -> None:
+        """Record that the user is alive. Costs a dict write; no I/O."""
+        self._beats[user_id] = self.clock()
+
+    async def delete_db(self, user_id: str) -> bool:
+        """Release the user's database now. False if there was none."""
+        async with self._locks.hold(user_id):
+            user = await self.runner.run(self.store.claim_for_release, user_id, None,
+                                         self.clock() - STALE_RELEASE_S)
+            if user is None:
+                return False
+            await self._release(user, "deleted on request")
+            return True
+
+    async def get_user(self, user_id: str) -> Dict[str, Any]:
+        user = await self.runner.run(self.store.get_user, user_id)
+        if user is None:
+            raise NotFound(f"user {user_id!r} has no database; call /api/create_db")
+        return self._with_pending_beat(user)
+
+    async def list_users(self) -> List[Dict[str, Any]]:
+        return [self._with_pending_beat(u) for u in await self.runner.run(self.store.list_users)]
+
+    # -- background work -----------------------------------------------------
+
+    async def flush_heartbeats(self) -> None:
+        """Write buffered heart beats to the store in one transaction."""
+        if not self._beats:
+            return
+        beats, self._beats = self._beats, {}
+        try:
+            await self.runner.run(self.store.touch_users, beats)
+        except Exception:
+            # Put them back (newer beats win) so a store outage loses nothing.
+            for user_id, ts in beats.items():
+                self._beats[user_id] = max(ts, self._beats.get(user_id, 0.0))
+            raise
+
+    async def reap_idle(self) -> List[str]:
+        """Release the database of every user idle for ``idle_timeout_s``; return who."""
+        await self.flush_heartbeats()
+        now = self.clock()
+        idle_before, stale_before = now - self.idle_timeout_s, now - STALE_RELEASE_S
+        released = []
+        for user_id in await self.runner.run(self.store.idle_candidates, idle_before, stale_before):
+            try:
+                if await self._release_if_idle(user_id, idle_before, stale_before):
+                    released.append(user_id)
+            except Exception:
+                # One user's failure must not stop the sweep; the next sweep retries.
+                log.exception("idle reaper: releasing user %s failed", user_id)
+        return released
+
+    async def _release_if_idle(self, user_id: str, idle_before: float, stale_before: float) -> bool:
+        async with self._locks.hold(user_id):
+            if self._beats.get(user_id, 0.0) >= idle_before:
+                return False  # a heart beat arrived since the flush
+            user = await self.runner.run(self.store.claim_for_release, user_id,
+                                         idle_before, stale_before)
+            if user is None:
+                return False  # seen meanwhile, or another replica took it
+            await self._release(user, f"idle for more than {self.idle_timeout_s:g}s")
+            return True
+
+    async def _release(self, user: Dict[str, Any], why: str) -> None:
+        await self.provisioner.release(user["user_id"], user["resource"])
+        await self.runner.run(self.store.delete_user, user["user_id"])
+        self._beats.pop(user["user_id"], None)
+        log.info("released the database of user %s: %s", user["user_id"], why)
+
+    def _with_pending_beat(self, user: Dict[str, Any]) -> Dict[str, Any]:
+        pending: Optional[float] = self._beats.get(user["user_id"])
+        if pending and pending > user["last_seen_at"]:
+            return {**user, "last_seen_at": pending}
+        return user

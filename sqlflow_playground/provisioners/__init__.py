@@ -1,0 +1,23 @@
+"""Per-user database backends, chosen by ``--provisioner``."""
+from ..blocking import BlockingRunner
+from ..config import Config, ConfigError
+from .base import Provisioned, Provisioner, safe_name
+
+
+def make_provisioner(config: Config, runner: BlockingRunner) -> Provisioner:
+    """The provisioner the configuration names."""
+    if config.provisioner == "sqlite":
+        from .sqlite import SqliteProvisioner
+        return SqliteProvisioner(runner, config.state_dir)
+    if config.provisioner == "mysql":
+        if not config.mysql_dsn:
+            raise ConfigError("--provisioner mysql needs --mysql_dsn")
+        from .mysql import MysqlProvisioner
+        try:
+            return MysqlProvisioner(runner, config.mysql_dsn, config.mysql_public_host)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    raise ConfigError(f"unknown provisioner {config.provisioner!r}")
+
+
+__all__ = ["Provisioned", "Provisioner", "make_provisioner", "safe_name"]

@@ -1,0 +1,126 @@
+"""The gateway process: wires config → store, provisioner, services → Tornado app, and
+owns their lifecycle (start, TLS reload, graceful stop)."""
+import datetime
+import logging
+import socket
+from typing import List, Optional
+
+import tornado.gen
+import tornado.netutil
+import tornado.web
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
+
+from .blocking import BlockingRunner
+from .config import Config, ConfigError
+from .handlers import NotFoundHandler, all_handlers
+from .playground import PlaygroundService
+from .provisioners import Provisioner, make_provisioner
+from .store import Store
+from .tls import make_server_context
+
+log = logging.getLogger(__name__)
+
+
+def make_app(config: Config, playground: PlaygroundService) -> tornado.web.Application:
+    return tornado.web.Application(
+        all_handlers(),
+        default_handler_class=NotFoundHandler,
+        playground=playground,
+        frontend_certs=config.frontend_certs,
+        insecure=not config.tls_enabled,
+    )
+
+
+class Gateway:
+    """One running server. ``await start()``, then ``await stop()``."""
+
+    def __init__(self, config: Config, provisioner: Optional[Provisioner] = None):
+        if not config.tls_enabled:
+            given = [f for f in ("ca_crt", "server_key", "server_crt") if getattr(config, f)]
+            if given or not config.insecure:
+                raise ConfigError(
+                    "--ca_crt, --server_key and --server_crt are all required "
+                    "(or pass --insecure to serve plain HTTP without client certificates)")
+        self.config = config
+        self.runner = BlockingRunner(config.executor_threads)
+        self.store = Store(config.store_url)
+        self.provisioner = provisioner or make_provisioner(config, self.runner)
+        self.playground = PlaygroundService(self.store, self.provisioner, self.runner,
+                                            config.idle_timeout_s)
+        self.app = make_app(config, self.playground)
+        self.http: Optional[HTTPServer] = None
+        self.sockets: List[socket.socket] = []
+        self._periodic: List[PeriodicCallback] = []
+
+    @property
+    def port(self) -> int:
+        return self.sockets[0].getsockname()[1]
+
+    def ssl_context(self):
+        if not self.config.tls_enabled:
+            return None
+        c = self.config
+        return make_server_context(c.ca_crt, c.server_crt, c.server_key, c.crl)
+
+    async def start(self) -> None:
+        await self.provisioner.check()
+        # Unbuffered request bodies are capped by the handlers; this only bounds headers.
+        self.http = HTTPServer(self.app, ssl_options=self.ssl_context(), max_buffer_size=2 << 20)
+        self.sockets = tornado.netutil.bind_sockets(self.config.port, self.config.host or None)
+        self.http.add_sockets(self.sockets)
+        self._periodic = [
+            PeriodicCallback(self._flush, self.config.heartbeat_flush_s * 1000),
+            PeriodicCallback(self._reap, self.config.reap_interval_s * 1000),
+        ]
+        for p in self._periodic:
+            p.start()
+        scheme = "https" if self.config.tls_enabled else "http"
+        log.info("serving %s on %s:%d (provisioner %s)", scheme, self.config.host or "*",
+                 self.port, self.provisioner.name)
+
+    def reload_tls(self) -> None:
+        """Re-read certificates and the CRL; new connections use them, open ones keep theirs.
+
+        Tornado wraps each accepted socket with ``HTTPServer.ssl_options``, so swapping
+        that attribute is the whole reload.
+        """
+        if self.http is None or not self.config.tls_enabled:
+            return
+        try:
+            self.http.ssl_options = self.ssl_context()
+        except (OSError, ValueError) as e:
+            log.error("TLS reload failed, keeping the previous certificates and CRL: %s", e)
+            return
+        log.info("reloaded certificates and CRL")
+
+    async def _flush(self) -> None:
+        try:
+            await self.playground.flush_heartbeats()
+        except Exception:
+            log.exception("writing heart beats to the store failed; will retry")
+
+    async def _reap(self) -> None:
+        try:
+            released = await self.playground.reap_idle()
+        except Exception:
+            log.exception("idle reaper failed; will retry")
+            return
+        if released:
+            log.info("idle reaper released %d database(s)", len(released))
+
+    async def stop(self) -> None:
+        """Stop accepting, close connections, save buffered heart beats, free resources."""
+        for p in self._periodic:
+            p.stop()
+        if self.http is not None:
+            self.http.stop()
+            try:
+                await tornado.gen.with_timeout(datetime.timedelta(seconds=5),
+                                               self.http.close_all_connections())
+            except tornado.gen.TimeoutError:
+                log.warning("some connections did not close within 5s")
+        await self._flush()
+        self.provisioner.close()
+        self.store.close()
+        self.runner.shutdown()

@@ -1,0 +1,265 @@
+"""Tests for scripts/gen_cert.sh (needs bash and openssl on PATH)."""
+import datetime
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gen_cert.sh"
+
+pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl")
+
+
+def run(*args, ks=None, cwd=None, check=True):
+    """Run gen_cert.sh; ks sets KEY_STORE (None leaves it unset).
+
+    With check=True the run must succeed silently on stderr (no openssl noise)."""
+    env = {k: v for k, v in os.environ.items() if k != "KEY_STORE"}
+    if ks is not None:
+        env["KEY_STORE"] = str(ks)
+    proc = subprocess.run([str(SCRIPT), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    return proc
+
+
+def load_cert(path):
+    return x509.load_pem_x509_certificate(Path(path).read_bytes())
+
+
+def ext(cert, oid):
+    return cert.extensions.get_extension_for_oid(oid)
+
+
+def names(cert, oid):
+    return [a.value for a in cert.subject.get_attributes_for_oid(oid)]
+
+
+def eku(cert):
+    return list(ext(cert, ExtensionOID.EXTENDED_KEY_USAGE).value)
+
+
+def lifetime(cert):
+    return cert.not_valid_after_utc - cert.not_valid_before_utc
+
+
+def verify(ks, name, crl=False):
+    cmd = ["openssl", "verify", "-x509_strict", "-CAfile", str(ks / "ca" / "ca.crt")]
+    if crl:
+        cmd += ["-crl_check", "-CRLfile", str(ks / "ca" / "crl.pem")]
+    cert = ks / "ca" / "ca.crt" if name == "ca" else ks / name / f"{name}.crt"
+    return subprocess.run(cmd + [str(cert)], capture_output=True, text=True)
+
+
+@pytest.fixture
+def ks(tmp_path):
+    return tmp_path / "key_store"
+
+
+def test_ca_is_v3_constrained_ten_year_ca(ks):
+    run("alice", ks=ks)
+    ca = load_cert(ks / "ca" / "ca.crt")
+    assert ca.version == x509.Version.v3
+    assert ca.subject == ca.issuer
+    assert names(ca, NameOID.COMMON_NAME) == ["sqlflow-playground CA"]
+    bc = ext(ca, ExtensionOID.BASIC_CONSTRAINTS)
+    assert bc.critical and bc.value.ca
+    ku = ext(ca, ExtensionOID.KEY_USAGE)
+    assert ku.critical and ku.value.key_cert_sign and ku.value.crl_sign
+    assert not ku.value.digital_signature
+    ext(ca, ExtensionOID.SUBJECT_KEY_IDENTIFIER)
+    assert abs(lifetime(ca) - datetime.timedelta(days=3650)) <= datetime.timedelta(days=1)
+
+
+def test_ca_and_cert_key_files_are_private(ks):
+    run("alice", ks=ks)
+    for key in (ks / "ca" / "ca.key", ks / "alice" / "alice.key"):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    for path in (ks / "ca").iterdir():
+        assert not path.stat().st_mode & stat.S_IROTH, path
+
+
+def test_initial_crl_exists_and_is_signed_by_ca(ks):
+    out = run("alice", ks=ks).stdout
+    assert "crl.pem" in out
+    crl = x509.load_pem_x509_crl((ks / "ca" / "crl.pem").read_bytes())
+    ca = load_cert(ks / "ca" / "ca.crt")
+    assert crl.issuer == ca.subject
+    assert crl.is_signature_valid(ca.public_key())
+    assert len(list(crl)) == 0
+    assert crl.next_update_utc - crl.last_update_utc >= datetime.timedelta(days=3649)
+
+
+def test_server_cert_is_serverauth_only_with_sans(ks):
+    run("server", "--san", "DNS:db.example.com,IP:10.1.2.3", "--san", "DNS:x.test", ks=ks)
+    cert = load_cert(ks / "server" / "server.crt")
+    assert eku(cert) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    san = ext(cert, ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost", "db.example.com", "x.test"]
+    ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    assert ips == ["127.0.0.1", "10.1.2.3"]
+
+
+def test_client_cert_is_clientauth_only(ks):
+    run("alice@corp", ks=ks)
+    cert = load_cert(ks / "alice@corp" / "alice@corp.crt")
+    ca = load_cert(ks / "ca" / "ca.crt")
+    assert cert.version == x509.Version.v3
+    assert cert.issuer == ca.subject
+    assert names(cert, NameOID.COMMON_NAME) == ["alice@corp"]
+    assert names(cert, NameOID.ORGANIZATION_NAME) == ["sqlflow.tech"]
+    assert names(cert, NameOID.ORGANIZATIONAL_UNIT_NAME) == []
+    assert eku(cert) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    bc = ext(cert, ExtensionOID.BASIC_CONSTRAINTS)
+    assert bc.critical and not bc.value.ca
+    ku = ext(cert, ExtensionOID.KEY_USAGE)
+    assert ku.critical and ku.value.digital_signature and not ku.value.key_cert_sign
+    ext(cert, ExtensionOID.AUTHORITY_KEY_IDENTIFIER)
+    ext(cert, ExtensionOID.SUBJECT_KEY_IDENTIFIER)
+    assert cert.signature_hash_algorithm.name == "sha256"
+    with pytest.raises(x509.ExtensionNotFound):
+        ext(cert, ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+
+
+def test_frontend_and_san_options_on_client_keep_clientauth(ks):
+    run("--frontend", "--san", "DNS:web.example", "web", ks=ks)
+    cert = load_cert(ks / "web" / "web.crt")
+    assert names(cert, NameOID.ORGANIZATIONAL_UNIT_NAME) == ["frontend"]
+    san = ext(cert, ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+    assert san.get_values_for_type(x509.DNSName) == ["web.example"]
+    assert eku(cert) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+
+
+def test_default_key_is_ec_p256_and_default_validity_825_days(ks):
+    run("alice", ks=ks)
+    cert = load_cert(ks / "alice" / "alice.crt")
+    key = cert.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    assert key.curve.name == "secp256r1"
+    assert b"BEGIN PRIVATE KEY" in (ks / "alice" / "alice.key").read_bytes()
+    assert lifetime(cert) == datetime.timedelta(days=825)
+
+
+def test_rsa_option_gives_rsa_2048_key_with_key_encipherment(ks):
+    run("bob", "--rsa", ks=ks)  # option after NAME is accepted too
+    cert = load_cert(ks / "bob" / "bob.crt")
+    assert isinstance(cert.public_key(), rsa.RSAPublicKey)
+    assert cert.public_key().key_size == 2048
+    assert ext(cert, ExtensionOID.KEY_USAGE).value.key_encipherment
+
+
+def test_days_option_sets_validity(ks):
+    run("--days", "3", "shortlived", ks=ks)
+    assert lifetime(load_cert(ks / "shortlived" / "shortlived.crt")) == datetime.timedelta(days=3)
+
+
+def test_serials_are_random_and_unique(ks):
+    for name in ("a", "b", "c"):
+        run(name, ks=ks)
+    serials = {load_cert(ks / n / f"{n}.crt").serial_number for n in "abc"}
+    assert len(serials) == 3 and all(s > 2**64 for s in serials)
+
+
+def test_existing_cert_is_kept(ks):
+    run("alice", ks=ks)
+    crt = ks / "alice" / "alice.crt"
+    before = crt.read_bytes()
+    proc = run("alice", "--rsa", ks=ks)
+    assert "already exists" in proc.stdout and "alice.crt" in proc.stdout
+    assert crt.read_bytes() == before
+
+
+def test_all_certs_pass_strict_openssl_verify(ks):
+    for args in (["server"], ["alice"], ["--frontend", "web"], ["--rsa", "bob"]):
+        run(*args, ks=ks)
+    for name in ("ca", "server", "alice", "web", "bob"):
+        proc = verify(ks, name)
+        assert proc.returncode == 0, (name, proc.stdout, proc.stderr)
+
+
+def test_revoke_fails_crl_check_for_that_cert_only(ks):
+    for name in ("server", "alice", "bob"):
+        run(name, ks=ks)
+    assert verify(ks, "alice", crl=True).returncode == 0
+    proc = run("revoke", "alice", ks=ks)
+    assert "revoked" in proc.stdout
+    bad = verify(ks, "alice", crl=True)
+    assert bad.returncode != 0
+    assert "revoked" in bad.stdout + bad.stderr
+    for name in ("server", "bob"):
+        assert verify(ks, name, crl=True).returncode == 0, name
+    crl = x509.load_pem_x509_crl((ks / "ca" / "crl.pem").read_bytes())
+    serial = load_cert(ks / "alice" / "alice.crt").serial_number
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+
+def test_revoke_twice_is_not_an_error(ks):
+    run("alice", ks=ks)
+    run("revoke", "alice", ks=ks)
+    proc = run("revoke", "alice", ks=ks)
+    assert "already revoked" in proc.stdout
+    assert verify(ks, "alice", crl=True).returncode != 0
+
+
+def test_revoke_unknown_name_fails(ks):
+    run("alice", ks=ks)
+    proc = run("revoke", "nobody", ks=ks, check=False)
+    assert proc.returncode == 1
+    assert "nobody" in proc.stderr
+
+
+def test_crl_command_refreshes_crl(ks):
+    run("alice", ks=ks)
+    first = (ks / "ca" / "crl.pem").read_bytes()
+    run("crl", ks=ks)
+    crl = x509.load_pem_x509_crl((ks / "ca" / "crl.pem").read_bytes())
+    assert (ks / "ca" / "crl.pem").read_bytes() != first
+    assert crl.is_signature_valid(load_cert(ks / "ca" / "ca.crt").public_key())
+
+
+@pytest.mark.parametrize("args", [
+    [], ["--bogus", "alice"], ["-x", "alice"], ["ca"], ["CRL"], ["revoke"], ["_bad"],
+    ["bad/name"], ["a" * 64], ["alice", "bob"], ["--days", "0", "alice"],
+    ["--san", "nonsense", "alice"], ["revoke", "--rsa", "alice"],
+])
+def test_invalid_usage_exits_2_without_side_effects(ks, args):
+    proc = run(*args, ks=ks, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Usage:" in proc.stderr and proc.stdout == ""
+    assert not ks.exists()
+
+
+def test_help_prints_usage(ks):
+    assert "Usage:" in run("--help", ks=ks).stdout
+
+
+def test_seed_usage_writes_to_cwd_key_store(tmp_path):
+    workspace = tmp_path / "ws"
+    (workspace / "key_store").mkdir(parents=True)
+    run("server", cwd=workspace)
+    run("some_client", cwd=workspace)
+    ks = workspace / "key_store"
+    for name in ("ca/ca", "server/server", "some_client/some_client"):
+        assert (ks / f"{name}.crt").is_file() and (ks / f"{name}.key").is_file()
+    assert (ks / "ca" / "crl.pem").is_file()
+    assert verify(ks, "some_client").returncode == 0
+
+
+def test_relative_key_store_and_read_only_cwd(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        run("alice", ks=tmp_path / "elsewhere", cwd=ro)
+        assert (tmp_path / "elsewhere" / "alice" / "alice.crt").is_file()
+        run("alice", ks="../rel_store", cwd=ro)
+        assert (tmp_path / "rel_store" / "alice" / "alice.crt").is_file()
+    finally:
+        ro.chmod(0o755)
