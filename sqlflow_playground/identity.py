@@ -19,7 +19,7 @@ class Identity:
 
     def act_for(self, user_id: Optional[str]) -> str:
         """The user this request acts for: ``user_id`` if allowed, the caller if omitted."""
-        if user_id is None or user_id == "":
+        if user_id is None:
             return validate_user_id(self.name)
         user_id = validate_user_id(user_id)
         if user_id != self.name and not self.is_frontend:

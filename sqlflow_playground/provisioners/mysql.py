@@ -60,12 +60,12 @@ class MysqlProvisioner(Provisioner):
     def _create(self, conn: sa.Connection, names: Dict[str, str], password: str) -> None:
         db, user = names["database"], names["user"]
         conn.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS `{db}`")
-        # With bound parameters the driver formats the query, so '%' is written '%%'.
+        # pymysql formats every statement SQLAlchemy hands it, so '%' is written '%%'.
         # IF NOT EXISTS + ALTER: a half-finished earlier attempt is completed, not an error.
         conn.exec_driver_sql(f"CREATE USER IF NOT EXISTS '{user}'@'%%' IDENTIFIED BY %s",
                              (password,))
         conn.exec_driver_sql(f"ALTER USER '{user}'@'%%' IDENTIFIED BY %s", (password,))
-        conn.exec_driver_sql(f"GRANT ALL PRIVILEGES ON `{db}`.* TO '{user}'@'%'")
+        conn.exec_driver_sql(f"GRANT ALL PRIVILEGES ON `{db}`.* TO '{user}'@'%%'")
 
     async def release(self, user_id: str, resource: Dict[str, Any]) -> None:
         names = {**self.names_for(user_id), **resource}
@@ -73,7 +73,7 @@ class MysqlProvisioner(Provisioner):
 
     def _drop(self, conn: sa.Connection, names: Dict[str, str]) -> None:
         user = names["user"]
-        conn.exec_driver_sql(f"DROP USER IF EXISTS '{user}'@'%'")
+        conn.exec_driver_sql(f"DROP USER IF EXISTS '{user}'@'%%'")
         # Dropping a user leaves its open sessions alive; end them too.
         sessions = conn.exec_driver_sql(
             "SELECT id FROM information_schema.processlist WHERE user = %s", (user,)).scalars()

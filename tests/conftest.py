@@ -1,0 +1,179 @@
+"""Fixtures that make a test read like a user's request: real certificates from
+gen_cert.sh, a real Gateway on 127.0.0.1 over mutual TLS, and ``fetch_as(name)``."""
+import asyncio
+import datetime
+import http.client
+import json
+import os
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, Optional, Tuple
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from sqlflow_playground.config import Config
+from sqlflow_playground.server import Gateway
+
+ROOT = Path(__file__).resolve().parents[1]
+GEN_CERT = ROOT / "scripts" / "gen_cert.sh"
+
+
+def gen_cert(key_store: Path, *args: str) -> None:
+    subprocess.run(["bash", str(GEN_CERT), *args], env={**os.environ, "KEY_STORE": str(key_store)},
+                   check=True, capture_output=True)
+
+
+def issue_with_ca(key_store: Path, name: str, cn: str, *, days_valid: Tuple[int, int] = (-1, 30),
+                  eku=ExtendedKeyUsageOID.CLIENT_AUTH) -> None:
+    """A certificate signed by key_store's CA but shaped by the test (expired, legacy CN)."""
+    ca_cert = x509.load_pem_x509_certificate((key_store / "ca" / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((key_store / "ca" / "ca.key").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now + datetime.timedelta(days=days_valid[0]))
+            .not_valid_after(now + datetime.timedelta(days=days_valid[1]))
+            .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    out = key_store / name
+    out.mkdir()
+    (out / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (out / f"{name}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory) -> SimpleNamespace:
+    """A CA with server, alice, bob, a frontend, a legacy-CN, an expired, a revoked cert,
+    plus a cert from a different CA."""
+    ks = tmp_path_factory.mktemp("key_store")
+    for args in (["server"], ["alice"], ["bob"], ["--frontend", "front"], ["mallory"]):
+        gen_cert(ks, *args)
+    gen_cert(ks, "revoke", "mallory")
+    issue_with_ca(ks, "legacy", "sqlflow-playground-carol")
+    issue_with_ca(ks, "expired", "dave", days_valid=(-30, -1))
+    other = tmp_path_factory.mktemp("other_ca")
+    gen_cert(other, "alice")
+    return SimpleNamespace(dir=ks, other=other, ca=str(ks / "ca" / "ca.crt"),
+                           crl=str(ks / "ca" / "crl.pem"))
+
+
+def client_context(key_store: Path, name: Optional[str], ca: Optional[str] = None) -> ssl.SSLContext:
+    """What a client such as the notebook magic builds: CA pinned, no hostname check."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                     cafile=ca or str(key_store / "ca" / "ca.crt"))
+    ctx.check_hostname = False
+    if name:
+        ctx.load_cert_chain(str(key_store / name / f"{name}.crt"),
+                            str(key_store / name / f"{name}.key"))
+    return ctx
+
+
+class Response(SimpleNamespace):
+    status: int
+    body: Any
+    headers: Dict[str, str]
+
+
+def request(port: int, ctx: ssl.SSLContext, method: str, path: str,
+            body: Any = None, headers: Optional[Dict[str, str]] = None,
+            timeout: float = 30) -> Response:
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=timeout)
+    try:
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        raw = resp.read()
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = raw
+        return Response(status=resp.status, body=parsed, headers=dict(resp.getheaders()))
+    finally:
+        conn.close()
+
+
+class RunningServer:
+    """A Gateway served from its own thread and event loop, as a separate process would be."""
+
+    def __init__(self, config: Config, provisioner_factory=None):
+        self.config = config
+        self._factory = provisioner_factory
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.gateway: Gateway = self.call(self._start())
+
+    async def _start(self) -> Gateway:
+        gateway = Gateway(self.config)
+        if self._factory is not None:
+            gateway.provisioner = self._factory(gateway.runner)
+            gateway.playground.provisioner = gateway.provisioner
+        await gateway.start()
+        return gateway
+
+    @property
+    def port(self) -> int:
+        return self.gateway.port
+
+    def call(self, coro, timeout: float = 60) -> Any:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.call(self.gateway.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def make_server(certs, tmp_path):
+    """``make_server(**config)`` starts a server; every one is stopped after the test."""
+    started = []
+
+    def make(provisioner_factory=None, **overrides) -> RunningServer:
+        settings = dict(port=0, host="127.0.0.1", ca_crt=certs.ca, crl=certs.crl,
+                        server_crt=str(certs.dir / "server" / "server.crt"),
+                        server_key=str(certs.dir / "server" / "server.key"),
+                        state_dir=str(tmp_path / "state"), log_level="debug",
+                        reap_interval_s=3600, heartbeat_flush_s=3600)
+        settings.update(overrides)
+        server = RunningServer(Config(**settings), provisioner_factory)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        if server.loop.is_running():
+            server.stop()
+
+
+@pytest.fixture
+def server(make_server) -> RunningServer:
+    return make_server()
+
+
+@pytest.fixture
+def fetch_as(certs, server):
+    """``fetch_as("alice")("POST", "/api/create_db", {...})`` over mutual TLS as alice."""
+    def as_user(name: str, port: Optional[int] = None):
+        ctx = client_context(certs.dir, name)
+
+        def fetch(method: str, path: str, body: Any = None, **kw) -> Response:
+            return request(port or server.port, ctx, method, path, body, **kw)
+        return fetch
+    return as_user

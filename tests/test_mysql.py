@@ -1,0 +1,174 @@
+"""The MySQL provisioner against a real MariaDB server (127.0.0.1:3306, root, no password,
+or SQLFLOW_PLAYGROUND_TEST_MYSQL_DSN). Under CI=true these tests fail without it."""
+import logging
+import os
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pymysql
+import pytest
+import sqlalchemy as sa
+
+from conftest import client_context, request
+
+DSN = os.environ.get("SQLFLOW_PLAYGROUND_TEST_MYSQL_DSN", "mysql://root@127.0.0.1:3306/")
+DATA_SOURCE_RE = re.compile(
+    r"^mysql://(?P<user>[^:]+):(?P<password>[^@]+)@tcp\((?P<host>[^:]+):(?P<port>\d+)\)"
+    r"/(?P<db>[^?]+)\?maxAllowedPacket=0$")
+
+
+def admin_connect():
+    return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="",
+                           connect_timeout=3, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def mariadb():
+    try:
+        admin_connect().close()
+    except pymysql.MySQLError as e:
+        message = f"MariaDB is not reachable on 127.0.0.1:3306: {e}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message + " (start it, or run under CI=true to make this fail)")
+    return DSN
+
+
+@pytest.fixture
+def mysql_server(make_server, mariadb):
+    return make_server(provisioner="mysql", mysql_dsn=mariadb)
+
+
+@pytest.fixture
+def uid():
+    """A fresh user id per test, so leftovers of an aborted run never interfere."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def parse(data_source):
+    m = DATA_SOURCE_RE.match(data_source)
+    assert m, data_source
+    return m.groupdict()
+
+
+def connect_as(ds, db=None):
+    return pymysql.connect(host=ds["host"], port=int(ds["port"]), user=ds["user"],
+                           password=ds["password"], database=db, connect_timeout=3,
+                           autocommit=True)
+
+
+def databases_like(pattern):
+    with admin_connect() as conn, conn.cursor() as cur:
+        cur.execute("SHOW DATABASES LIKE %s", (pattern,))
+        return [r[0] for r in cur.fetchall()]
+
+
+def mysql_users(name):
+    with admin_connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT user FROM mysql.user WHERE user = %s", (name,))
+        return [r[0] for r in cur.fetchall()]
+
+
+def create(server, certs, user_id):
+    resp = request(server.port, client_context(certs.dir, "front"), "POST", "/api/create_db",
+                   {"user_id": user_id})
+    assert resp.status == 200, resp.body
+    return parse(resp.body["data_source"])
+
+
+def delete(server, certs, user_id):
+    return request(server.port, client_context(certs.dir, "front"), "POST", "/api/delete_db",
+                   {"user_id": user_id})
+
+
+def test_credentials_work_on_own_database_only(mysql_server, certs, uid):
+    mine, theirs = create(mysql_server, certs, uid + "a"), create(mysql_server, certs, uid + "b")
+    assert len(mine["password"]) >= 24 and mine["password"] != theirs["password"]
+    assert (mine["host"], mine["port"]) == ("127.0.0.1", "3306")
+    with connect_as(mine, mine["db"]) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE iris (id INT PRIMARY KEY, species VARCHAR(20))")
+        cur.execute("INSERT INTO iris VALUES (1, 'setosa'), (2, 'virginica')")
+        cur.execute("SELECT species FROM iris ORDER BY id")
+        assert [r[0] for r in cur.fetchall()] == ["setosa", "virginica"]
+        with pytest.raises(pymysql.err.OperationalError) as denied:
+            cur.execute(f"SELECT * FROM `{theirs['db']}`.iris")
+        assert denied.value.args[0] in (1142, 1044)  # command / access denied
+    with pytest.raises(pymysql.err.OperationalError) as denied:
+        connect_as(mine, theirs["db"])
+    assert denied.value.args[0] == 1044
+    for suffix in "ab":
+        delete(mysql_server, certs, uid + suffix)
+
+
+def test_twenty_concurrent_create_db_yield_one_database(mysql_server, certs, uid):
+    front = client_context(certs.dir, "front")
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(lambda _: request(mysql_server.port, front, "POST",
+                                                  "/api/create_db", {"user_id": uid}), range(20)))
+    assert [r.status for r in results] == [200] * 20
+    assert len({r.body["data_source"] for r in results}) == 1
+    assert sum(r.body["created"] for r in results) == 1
+    db = parse(results[0].body["data_source"])["db"]
+    assert databases_like(f"sfp_{uid}%") == [db]
+    delete(mysql_server, certs, uid)
+
+
+def test_delete_db_drops_database_user_and_sessions(mysql_server, certs, uid):
+    ds = create(mysql_server, certs, uid)
+    session = connect_as(ds, ds["db"])
+    assert databases_like(ds["db"]) == [ds["db"]] and mysql_users(ds["user"]) == [ds["user"]]
+    assert delete(mysql_server, certs, uid).body == {"user_id": uid, "released": True}
+    assert databases_like(ds["db"]) == [] and mysql_users(ds["user"]) == []
+    with pytest.raises(pymysql.MySQLError):
+        connect_as(ds)
+    with pytest.raises(pymysql.MySQLError):  # the open session was ended too
+        session.ping(reconnect=False)
+
+
+def test_names_do_not_collide_across_case(mysql_server, certs, uid):
+    upper, lower = create(mysql_server, certs, uid.upper()), create(mysql_server, certs, uid)
+    assert upper["db"] != lower["db"] and upper["user"] != lower["user"]
+    delete(mysql_server, certs, uid.upper())
+    delete(mysql_server, certs, uid)
+
+
+def test_public_host_is_written_into_the_data_source(make_server, mariadb, certs, uid):
+    server = make_server(provisioner="mysql", mysql_dsn=mariadb,
+                         mysql_public_host="db.playground.example:13306")
+    ds = create(server, certs, uid)
+    assert (ds["host"], ds["port"]) == ("db.playground.example", "13306")
+    delete(server, certs, uid)
+
+
+def test_idle_reaper_drops_mysql_database(mysql_server, certs, uid):
+    ds = create(mysql_server, certs, uid)
+    playground = mysql_server.gateway.playground
+    real_clock = playground.clock
+    playground.clock = lambda: real_clock() + 3601
+    assert uid in mysql_server.call(playground.reap_idle())
+    assert databases_like(ds["db"]) == [] and mysql_users(ds["user"]) == []
+
+
+def test_no_secret_reaches_the_logs(mysql_server, certs, uid, caplog):
+    caplog.set_level(logging.DEBUG)
+    ds = create(mysql_server, certs, uid)
+    request(mysql_server.port, client_context(certs.dir, "front"), "GET", f"/api/users/{uid}")
+    delete(mysql_server, certs, uid)
+    assert "provisioned a mysql database" in caplog.text  # the log was captured
+    assert ds["password"] not in caplog.text
+    assert "maxAllowedPacket" not in caplog.text
+
+
+def test_unreachable_mysql_server_is_a_503_not_a_leak(make_server, mariadb, certs, uid, caplog):
+    server = make_server(provisioner="mysql", mysql_dsn=mariadb)
+    # Point the admin engine at a closed port: what a database outage looks like.
+    server.gateway.provisioner.engine.dispose()
+    server.gateway.provisioner.engine = sa.create_engine(
+        "mysql+pymysql://root:s3cret-admin-pw@127.0.0.1:1/", hide_parameters=True)
+    resp = request(server.port, client_context(certs.dir, "front"), "POST", "/api/create_db",
+                   {"user_id": uid})
+    assert resp.status == 503 and resp.body["error"]["code"] == "unavailable"
+    assert "s3cret-admin-pw" not in caplog.text and "s3cret-admin-pw" not in str(resp.body)
+    assert request(server.port, client_context(certs.dir, "front"), "GET",
+                   f"/api/users/{uid}").status == 404
