@@ -50,6 +50,7 @@ def test_cert_without_client_auth_is_refused(server, certs):
     assert_refused(server, client_context(certs.dir, "server"))
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated")
 def test_tls_below_1_2_is_refused(server, certs):
     ctx = client_context(certs.dir, "alice")
     ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED

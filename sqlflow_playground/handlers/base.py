@@ -48,10 +48,10 @@ class APIHandler(tornado.web.RequestHandler):
         cached = getattr(stream, "sfp_identity", None)
         if cached is not None:
             return cached
+        if self.settings.get("insecure"):
+            return INSECURE_IDENTITY
         cert = self.request.get_ssl_certificate()
-        if not cert:
-            if self.settings.get("insecure"):
-                return INSECURE_IDENTITY
+        if not cert:  # unreachable with CERT_REQUIRED; kept as a second lock
             raise tornado.web.HTTPError(403, "a client certificate is required")
         identity = identity_from_cert(cert, self.settings.get("frontend_certs", ()))
         if stream is not None:
