@@ -1,0 +1,142 @@
+"""Child-process entry of the benchmark: runs ONE server and prints ``READY <port>``.
+
+    python bench/_server_entry.py {ours,bare,slow} --ca_crt C --server_crt S --server_key K
+                                  --state_dir DIR [--slow_s 5]
+
+ours  the real gateway: ``Config(...)`` served by ``sqlflow_playground.cli.serve``.
+bare  the floor: a Tornado app with one constant-JSON handler, same TLS context and
+      HTTPServer settings as the gateway.
+slow  the real gateway, but its sqlite provisioner sleeps ``--slow_s`` in the blocking
+      ``_create`` (which runs in the gateway's executor, as in production).
+
+All three listen on an ephemeral port of 127.0.0.1, log at WARNING (so Tornado's access
+log is discarded alike in all of them) and stop on SIGTERM/SIGINT. With BENCH_PROFILE=PATH
+in the environment, the IOLoop thread is run under cProfile and its stats dumped to PATH.
+"""
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import signal
+import sys
+import time
+
+import tornado.netutil
+import tornado.web
+from tornado.httpserver import HTTPServer
+
+from sqlflow_playground import cli
+from sqlflow_playground.config import Config
+from sqlflow_playground.provisioners.sqlite import SqliteProvisioner
+from sqlflow_playground.server import Gateway
+from sqlflow_playground.tls import make_server_context
+
+HOST = "127.0.0.1"
+LOG_LEVEL = "warning"
+EXECUTOR_THREADS = 16  # >= 10, so 10 slow provisionings are all in flight at once
+# Same shape and size as the gateway's heart_beat answer for user "bench".
+BARE_BODY = json.dumps({"user_id": "bench", "status": "ok", "idle_timeout_s": 3600.0})
+
+
+def announce(port: int) -> None:
+    print(f"READY {port}", flush=True)
+
+
+async def until_signalled() -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+
+
+# -- ours ------------------------------------------------------------------------
+
+def gateway_config(args: argparse.Namespace) -> Config:
+    return Config(port=0, host=HOST, ca_crt=args.ca_crt, server_crt=args.server_crt,
+                  server_key=args.server_key, state_dir=args.state_dir,
+                  executor_threads=EXECUTOR_THREADS, log_level=LOG_LEVEL)
+
+
+async def run_ours(args: argparse.Namespace) -> None:
+    await cli.serve(gateway_config(args), on_started=lambda gateway: announce(gateway.port))
+
+
+# -- slow ------------------------------------------------------------------------
+
+class SlowSqliteProvisioner(SqliteProvisioner):
+    """Provisioning that blocks its executor thread for ``delay_s`` first."""
+
+    delay_s = 5.0
+
+    def _create(self, user_id: str) -> str:
+        time.sleep(self.delay_s)
+        return super()._create(user_id)
+
+
+async def run_slow(args: argparse.Namespace) -> None:
+    config = gateway_config(args)
+    SlowSqliteProvisioner.delay_s = args.slow_s
+    provisioner = SlowSqliteProvisioner(None, config.state_dir)
+    gateway = Gateway(config, provisioner=provisioner)
+    # make_provisioner() hands the gateway's own executor to the provisioner; do the same.
+    provisioner.runner = gateway.runner
+    await gateway.start()
+    announce(gateway.port)
+    try:
+        await until_signalled()
+    finally:
+        await gateway.stop()
+
+
+# -- bare ------------------------------------------------------------------------
+
+class BareHeartBeat(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(BARE_BODY)
+
+
+async def run_bare(args: argparse.Namespace) -> None:
+    app = tornado.web.Application([(r"/api/heart_beat", BareHeartBeat)])
+    context = make_server_context(args.ca_crt, args.server_crt, args.server_key)
+    http = HTTPServer(app, ssl_options=context, max_buffer_size=2 << 20)  # as Gateway.start
+    sockets = tornado.netutil.bind_sockets(0, HOST)
+    http.add_sockets(sockets)
+    announce(sockets[0].getsockname()[1])
+    try:
+        await until_signalled()
+    finally:
+        http.stop()
+        await http.close_all_connections()
+
+
+RUNNERS = {"ours": run_ours, "bare": run_bare, "slow": run_slow}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=sorted(RUNNERS))
+    for flag in ("--ca_crt", "--server_crt", "--server_key", "--state_dir"):
+        parser.add_argument(flag, required=True)
+    parser.add_argument("--slow_s", type=float, default=5.0)
+    args = parser.parse_args()
+    cli.setup_logging(LOG_LEVEL)
+    os.makedirs(args.state_dir, exist_ok=True)
+    run = RUNNERS[args.kind](args)
+    profile_path = os.environ.get("BENCH_PROFILE")
+    if not profile_path:
+        asyncio.run(run)
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(run)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile_path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
