@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from .config import Config, ConfigError, load_config
+from .errors import PlaygroundError
 from .server import Gateway
 
 log = logging.getLogger("sqlflow_playground")
@@ -116,6 +117,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     except ConfigError as e:
         print(f"sqlflow_playground: {e}", file=sys.stderr)
         sys.exit(2)
+    except PlaygroundError as e:  # a backend unreachable at start-up
+        print(f"sqlflow_playground: cannot start: {e.message}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # port in use, certificate file missing or unreadable
+        print(f"sqlflow_playground: cannot start: {e}", file=sys.stderr)
+        sys.exit(1)
     except subprocess.CalledProcessError as e:
         print(f"sqlflow_playground: creating certificates failed (exit {e.returncode})",
               file=sys.stderr)

@@ -2,6 +2,7 @@
 owns their lifecycle (start, TLS reload, graceful stop)."""
 import datetime
 import logging
+import os
 import socket
 from typing import List, Optional
 
@@ -42,6 +43,10 @@ class Gateway:
                 raise ConfigError(
                     "--ca_crt, --server_key and --server_crt are all required "
                     "(or pass --insecure to serve plain HTTP without client certificates)")
+        for flag in ("ca_crt", "server_key", "server_crt", "crl"):
+            path = getattr(config, flag)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"--{flag}: no such file: {path}")
         self.config = config
         self.runner = BlockingRunner(config.executor_threads)
         self.store = Store(config.store_url)

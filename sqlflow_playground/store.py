@@ -7,7 +7,7 @@ so two replicas never act twice on one user.
 import json
 import os
 import time
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, List, Optional
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -78,10 +78,6 @@ class Store:
             rows = conn.execute(users.select().order_by(users.c.user_id)).fetchall()
         return [_row(r) for r in rows]
 
-    def count_users(self) -> int:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one()
-
     def save_user(self, user_id: str, provisioner: str, data_source: str,
                   resource: Dict[str, Any], now: float) -> Dict[str, Any]:
         """Record a freshly provisioned database, replacing any stale row for the user."""
@@ -138,7 +134,3 @@ class Store:
     def delete_user(self, user_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(users.delete().where(users.c.user_id == user_id))
-
-    def user_ids(self) -> Iterable[str]:
-        with self.engine.connect() as conn:
-            return list(conn.execute(sa.select(users.c.user_id)).scalars())

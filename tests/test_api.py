@@ -1,4 +1,5 @@
 """create_db / heart_beat / delete_db / users as a notebook user and a frontend see them."""
+import asyncio
 import json
 import os
 import ssl
@@ -6,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from tornado.httpclient import HTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClient, HTTPRequest
 
 from conftest import client_context, request
 from sqlflow_playground.provisioners.sqlite import SqliteProvisioner
@@ -133,7 +134,8 @@ def server_state_dir(certs):
     return str(certs.dir.parent / "slow_state")
 
 
-def test_heart_beat_answers_promptly_while_slow_create_db_is_in_flight(make_server, certs):
+@pytest.mark.gen_test(timeout=30)
+async def test_heart_beat_answers_promptly_while_slow_create_db_is_in_flight(make_server, certs):
     class SlowProvisioner(SqliteProvisioner):
         def _create(self, user_id):
             time.sleep(3)  # a blocking driver call, run where the gateway runs such calls
@@ -142,13 +144,17 @@ def test_heart_beat_answers_promptly_while_slow_create_db_is_in_flight(make_serv
     server = make_server(provisioner_factory=lambda runner: SlowProvisioner(
         runner, server_state_dir(certs)))
     front = client_context(certs.dir, "front")
-    with ThreadPoolExecutor(5) as pool:
-        pending = [pool.submit(request, server.port, front, "POST", "/api/create_db",
-                               {"user_id": f"slow{i}"}) for i in range(5)]
-        time.sleep(0.3)
-        assert not any(p.done() for p in pending)
-        for _ in range(20):  # each with a new TLS handshake
-            assert request(server.port, front, "GET", "/api/heart_beat?user_id=x").status == 200
+    base = f"https://127.0.0.1:{server.port}"
+    client = AsyncHTTPClient(force_instance=True, max_clients=20)
+    try:
+        creating = [client.fetch(f"{base}/api/create_db", method="POST", ssl_options=front,
+                                 body=json.dumps({"user_id": f"slow{i}"})) for i in range(5)]
+        await asyncio.sleep(0.3)
+        for _ in range(20):  # one after another, while all five provisionings run
+            beat = await client.fetch(f"{base}/api/heart_beat?user_id=x", ssl_options=front)
+            assert beat.code == 200
         # All 20 were answered before any provisioning finished: the IOLoop was not blocked.
-        assert not any(p.done() for p in pending)
-        assert [p.result().status for p in pending] == [200] * 5
+        assert not any(f.done() for f in creating)
+        assert [r.code for r in await asyncio.gather(*creating)] == [200] * 5
+    finally:
+        client.close()

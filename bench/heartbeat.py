@@ -1,0 +1,306 @@
+"""Heart-beat benchmark: how close does the gateway get to bare Tornado, and does slow
+provisioning stall it?   Run:  .venv/bin/python bench/heartbeat.py [--quick]
+
+Servers (each its own process, pinned to CPU core 0 with ``taskset``; mutual TLS with
+certificates from scripts/gen_cert.sh in a temporary key store; 127.0.0.1 only):
+  ours  the real Gateway, started through ``sqlflow_playground.cli.serve``.
+  bare  a Tornado app whose only handler returns constant JSON for GET /api/heart_beat,
+        with the same TLS context (``make_server_context``) and HTTPServer settings:
+        the floor of what Tornado costs for this request.
+  slow  the real Gateway whose sqlite provisioner sleeps 5 s (blocking, in the gateway's
+        executor) before creating a database.
+Both log at WARNING, so Tornado's access log is discarded alike by both.
+
+The load generator is this process (pinned to core 1, asyncio on uvloop), presenting the
+``bench`` client certificate and speaking raw HTTP/1.1. Scenarios:
+  (a) GET /api/heart_beat?user_id=bench over N keep-alive connections (default 16), one
+      request in flight per connection; warm-up, then a measured window.
+  (b) the same request over a NEW connection each time (full TLS handshake with client
+      certificate, no session resumption), from a few concurrent workers (default 8).
+  (c) ``slow``: 10 concurrent POST /api/create_db (a frontend certificate acting for
+      users slow0..slow9, since create_db is single-flight per user); while they are in
+      flight, heart_beat latency over keep-alive connections as in (a).
+
+Columns: req/s and latency percentiles as the client sees them; "srv ms/req" is the
+server process's CPU time (utime+stime, all threads, /proc/PID/stat) over the window
+divided by the requests in it; "srv core" / "cli core" are the share of one core that
+server and load generator used. Reading the ratios:
+  ours/bare req/s    throughput relative to the Tornado floor; 1.0 = no overhead of ours.
+                     Meaningful only while the server core is saturated (srv core ~100%);
+                     if the client core is saturated instead, both servers look alike.
+  ours/bare CPU/req  what a request costs ours relative to bare; robust even when the
+                     server is not saturated. 1/(this) is roughly the req/s ratio.
+Targets and PASS/MISS are informational; the exit code is 0 unless something crashed.
+"""
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import _load
+import _servers
+from _load import Result
+
+TARGET_A_RATIO = 0.85
+TARGET_A_P99_MS = 10.0
+TARGET_B_RATIO = 0.9
+TARGET_C_P99_MS = 20.0
+SERVER_CORE, CLIENT_CORE = 0, 1
+SETTLE_S = 0.5  # after starting the slow create_db calls, before the window of (c) opens
+HEART_BEAT = "/api/heart_beat?user_id=bench"
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=10.0,
+                   help="measured window of (a) and (b) per server (default 10)")
+    p.add_argument("--warmup", type=float, default=2.0, help="warm-up before each window (default 2)")
+    p.add_argument("--quick", action="store_true", help="smoke run: --seconds 2 --warmup 0.5")
+    p.add_argument("--connections", type=int, default=16, help="keep-alive connections, (a) and (c)")
+    p.add_argument("--handshake_workers", type=int, default=8, help="concurrent workers in (b)")
+    p.add_argument("--slow_calls", type=int, default=10, help="concurrent create_db calls in (c)")
+    p.add_argument("--slow_s", type=float, default=5.0, help="sleep of the slow provisioner")
+    p.add_argument("--no_pin", action="store_true", help="do not pin server and client to cores")
+    p.add_argument("--profile", action="store_true",
+                   help="only run (a) against ours under cProfile and print its top costs")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.warmup = 2.0, 0.5
+    return args
+
+
+# -- scenarios -------------------------------------------------------------------------
+
+async def scenario_a(server: _servers.ServerProcess, keys: _servers.KeyStore,
+                     args: argparse.Namespace) -> Result:
+    ctx = _load.client_context(keys.ca, keys.crt("bench"), keys.key("bench"))
+    load = _load.keep_alive_load(server.port, ctx, _load.get_request(server.port, HEART_BEAT),
+                                 args.connections)
+    return await _load.measure(load, server.cpu_seconds, args.warmup, args.seconds)
+
+
+async def scenario_b(server: _servers.ServerProcess, keys: _servers.KeyStore,
+                     args: argparse.Namespace) -> Result:
+    ctx = _load.client_context(keys.ca, keys.crt("bench"), keys.key("bench"))
+    load = _load.new_connection_load(server.port, ctx,
+                                     _load.get_request(server.port, HEART_BEAT),
+                                     args.handshake_workers)
+    return await _load.measure(load, server.cpu_seconds, args.warmup, args.seconds)
+
+
+async def scenario_c(server: _servers.ServerProcess, keys: _servers.KeyStore,
+                     args: argparse.Namespace) -> Tuple[Result, List[Tuple[int, float]]]:
+    """Heart beats measured while ``slow_calls`` slow provisionings are in flight."""
+    port = server.port
+    beat_ctx = _load.client_context(keys.ca, keys.crt("bench"), keys.key("bench"))
+    front_ctx = _load.client_context(keys.ca, keys.crt("front"), keys.key("front"))
+    creates: List[asyncio.Future] = []
+
+    async def start_creates() -> None:
+        for i in range(args.slow_calls):
+            raw = _load.post_json_request(port, "/api/create_db", {"user_id": f"slow{i}"})
+            creates.append(asyncio.ensure_future(
+                _load.timed_request(port, front_ctx, raw, timeout_s=args.slow_s + 30)))
+        await asyncio.sleep(SETTLE_S)
+
+    window = max(0.5, args.slow_s - SETTLE_S - 0.5)  # closes before the provisionings end
+    load = _load.keep_alive_load(port, beat_ctx, _load.get_request(port, HEART_BEAT),
+                                 args.connections)
+    try:
+        result = await _load.measure(load, server.cpu_seconds, args.warmup, window,
+                                     during=start_creates)
+    finally:
+        outcomes = list(await asyncio.gather(*creates))
+    return result, outcomes
+
+
+# -- reporting ---------------------------------------------------------------------------
+
+def row(label: str, server: str, r: Result) -> str:
+    return (f"{label:<34} {server:<5} {r.rps:>9.0f} {r.p50:>7.2f} {r.p99:>7.2f} "
+            f"{r.server_cpu_ms_per_request:>10.3f} {r.server_core_share:>8.0%} "
+            f"{r.client_core_share:>8.0%} {r.errors:>6}")
+
+
+HEADER = (f"{'scenario':<34} {'srv':<5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'srv ms/req':>10} {'srv core':>8} {'cli core':>8} {'errors':>6}")
+
+
+def show(label: str, server: str, r: Result) -> None:
+    print(row(label, server, r), flush=True)
+    if r.errors:
+        print(f"    {r.errors} error(s); first: {r.first_error}", flush=True)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def summary(args: argparse.Namespace, results: Dict[str, Result],
+            creates: List[Tuple[int, float]], notes: List[str]) -> None:
+    labels = {"a": f"(a) keep-alive x{args.connections}",
+              "b": f"(b) new TLS conn/request x{args.handshake_workers}",
+              "c": f"(c) keep-alive x{args.connections}, {args.slow_calls} slow create_db"}
+    print("\n== summary " + "=" * 90)
+    print(HEADER)
+    for key, (scenario, server) in {"a_ours": ("a", "ours"), "a_bare": ("a", "bare"),
+                                    "b_ours": ("b", "ours"), "b_bare": ("b", "bare"),
+                                    "c_slow": ("c", "slow")}.items():
+        if key in results:
+            print(row(labels[scenario], server, results[key]))
+
+    ratios = {}
+    for s in ("a", "b"):
+        ours, bare = results.get(f"{s}_ours"), results.get(f"{s}_bare")
+        if ours and bare and bare.rps and ours.server_cpu_ms_per_request:
+            ratios[s] = ours.rps / bare.rps
+            print(f"({s}) ratio ours/bare: req/s {ratios[s]:.3f}   CPU/req "
+                  f"{ours.server_cpu_ms_per_request / bare.server_cpu_ms_per_request:.3f}")
+
+    print("\ntargets (informational):")
+    checks: List[Tuple[str, str, Optional[bool]]] = []
+    if "a" in ratios:
+        checks.append((f"(a) req/s ours/bare >= {TARGET_A_RATIO}", f"{ratios['a']:.3f}",
+                       ratios["a"] >= TARGET_A_RATIO))
+    if "a_ours" in results:
+        p99 = results["a_ours"].p99
+        checks.append((f"(a) ours p99 < {TARGET_A_P99_MS:g} ms", f"{p99:.2f} ms",
+                       p99 < TARGET_A_P99_MS))
+    if "b" in ratios:
+        checks.append((f"(b) req/s ours/bare >= {TARGET_B_RATIO}", f"{ratios['b']:.3f}",
+                       ratios["b"] >= TARGET_B_RATIO))
+    if "c_slow" in results:
+        p99 = results["c_slow"].p99
+        checks.append((f"(c) heart_beat p99 < {TARGET_C_P99_MS:g} ms during slow create_db",
+                       f"{p99:.2f} ms", p99 < TARGET_C_P99_MS))
+    if creates:
+        ok_200 = sum(1 for status, _ in creates if status == 200)
+        durations = [d for _, d in creates]
+        in_time = all(args.slow_s <= d < args.slow_s + 1.0 for d in durations)
+        checks.append((f"(c) {len(creates)} create_db all 200, each in {args.slow_s:g}-"
+                       f"{args.slow_s + 1:g} s",
+                       f"{ok_200}/{len(creates)} ok, {min(durations):.2f}-{max(durations):.2f} s",
+                       ok_200 == len(creates) and in_time))
+    for name, value, ok in checks:
+        print(f"  {name:<58} {value:>22}  {verdict(bool(ok))}")
+    for note in notes:
+        print("note: " + note)
+
+
+def saturation_notes(results: Dict[str, Result]) -> List[str]:
+    notes = []
+    for key, r in results.items():
+        if r.client_core_share > 0.9:
+            notes.append(f"{key}: the load generator used {r.client_core_share:.0%} of its core; "
+                         "req/s may be client-bound (compare CPU/req instead).")
+        elif key[0] in "ab" and r.server_core_share < 0.85:
+            notes.append(f"{key}: the server used only {r.server_core_share:.0%} of its core; "
+                         "it was not saturated.")
+    return notes
+
+
+# -- orchestration -------------------------------------------------------------------------
+
+async def run_all(args: argparse.Namespace, keys: _servers.KeyStore, start: Callable) -> None:
+    results: Dict[str, Result] = {}
+    creates: List[Tuple[int, float]] = []
+    print(HEADER, flush=True)
+
+    ours, bare = start("ours"), start("bare")
+    for key, scenario, label in (("a", scenario_a, f"(a) keep-alive x{args.connections}"),
+                                 ("b", scenario_b,
+                                  f"(b) new TLS conn/request x{args.handshake_workers}")):
+        for server in (ours, bare):
+            results[f"{key}_{server.kind}"] = result = await scenario(server, keys, args)
+            show(label, server.kind, result)
+    ours.stop()
+    bare.stop()
+
+    slow = start("slow")
+    results["c_slow"], creates = await scenario_c(slow, keys, args)
+    show(f"(c) keep-alive x{args.connections}, {args.slow_calls} slow create_db", "slow",
+         results["c_slow"])
+    print("    create_db: " + ", ".join(
+        f"slow{i} {status or 'FAILED'} in {seconds:.2f}s"
+        for i, (status, seconds) in enumerate(creates)), flush=True)
+    slow.stop()
+
+    notes = saturation_notes(results)
+    for server in (ours, bare, slow):
+        tail = server.log_tail(5)
+        if tail:
+            notes.append(f"server {server.kind!r} logged (last lines):\n    "
+                         + tail.replace("\n", "\n    "))
+    summary(args, results, creates, notes)
+
+
+async def run_profile(args: argparse.Namespace, keys: _servers.KeyStore, start: Callable,
+                      profile_path: Path) -> None:
+    ours = start("ours", profile_to=profile_path)
+    result = await scenario_a(ours, keys, args)
+    print(HEADER)
+    show(f"(a) keep-alive x{args.connections} UNDER cProfile", "ours", result)
+    ours.stop()
+    import pstats
+    stats = pstats.Stats(str(profile_path))
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(30)
+
+
+def pin_self(args: argparse.Namespace) -> Tuple[Optional[int], str]:
+    """Pin this process to the client core; return the server core (or None) and a note."""
+    cores = _servers.usable_cores()
+    if args.no_pin:
+        return None, "not pinned (--no_pin)"
+    if SERVER_CORE not in cores or CLIENT_CORE not in cores:
+        return None, f"not pinned: need cores {SERVER_CORE} and {CLIENT_CORE}, have {cores}"
+    os.sched_setaffinity(0, {CLIENT_CORE})
+    how = "taskset" if _servers.pin_command(SERVER_CORE) else "NOT pinned (no taskset)"
+    return SERVER_CORE, f"server on core {SERVER_CORE} ({how}), load generator on core {CLIENT_CORE}"
+
+
+def run_loop(coro) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        print("note: uvloop not installed; the load generator uses the default asyncio loop")
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below runs
+    server_core, pin_note = pin_self(args)
+    print(f"heartbeat bench: {args.seconds:g}s windows after {args.warmup:g}s warm-up; {pin_note}",
+          flush=True)
+    servers: List[_servers.ServerProcess] = []
+    with tempfile.TemporaryDirectory(prefix="sqlflow-bench-") as tmp:
+        keys = _servers.KeyStore(Path(tmp) / "key_store")
+
+        def start(kind: str, profile_to: Optional[Path] = None) -> _servers.ServerProcess:
+            server = _servers.ServerProcess(kind, keys, Path(tmp), server_core,
+                                            slow_s=args.slow_s, profile_to=profile_to)
+            servers.append(server)
+            server.start()
+            return server
+
+        try:
+            if args.profile:
+                run_loop(run_profile(args, keys, start, Path(tmp) / "ours.prof"))
+            else:
+                run_loop(run_all(args, keys, start))
+        finally:
+            for server in servers:
+                server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
