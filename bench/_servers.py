@@ -42,8 +42,12 @@ class KeyStore:
         return str(self.dir / name / f"{name}.key")
 
 
+# Taken at import, before the benchmark pins itself to the client core.
+_USABLE_CORES = sorted(os.sched_getaffinity(0))
+
+
 def usable_cores() -> List[int]:
-    return sorted(os.sched_getaffinity(0))
+    return list(_USABLE_CORES)
 
 
 def pin_command(core: Optional[int]) -> List[str]:

@@ -65,6 +65,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--handshake_workers", type=int, default=8, help="concurrent workers in (b)")
     p.add_argument("--slow_calls", type=int, default=10, help="concurrent create_db calls in (c)")
     p.add_argument("--slow_s", type=float, default=5.0, help="sleep of the slow provisioner")
+    p.add_argument("--scenarios", default="abc", help="which of a, b, c to run (default abc)")
     p.add_argument("--no_pin", action="store_true", help="do not pin server and client to cores")
     p.add_argument("--profile", action="store_true",
                    help="only run (a) against ours under cProfile and print its top costs")
@@ -211,27 +212,34 @@ async def run_all(args: argparse.Namespace, keys: _servers.KeyStore, start: Call
     creates: List[Tuple[int, float]] = []
     print(HEADER, flush=True)
 
-    ours, bare = start("ours"), start("bare")
-    for key, scenario, label in (("a", scenario_a, f"(a) keep-alive x{args.connections}"),
-                                 ("b", scenario_b,
-                                  f"(b) new TLS conn/request x{args.handshake_workers}")):
-        for server in (ours, bare):
-            results[f"{key}_{server.kind}"] = result = await scenario(server, keys, args)
-            show(label, server.kind, result)
-    ours.stop()
-    bare.stop()
+    started: List[_servers.ServerProcess] = []
+    if "a" in args.scenarios or "b" in args.scenarios:
+        ours, bare = start("ours"), start("bare")
+        started += [ours, bare]
+        for key, scenario, label in (("a", scenario_a, f"(a) keep-alive x{args.connections}"),
+                                     ("b", scenario_b,
+                                      f"(b) new TLS conn/request x{args.handshake_workers}")):
+            if key not in args.scenarios:
+                continue
+            for server in (ours, bare):
+                results[f"{key}_{server.kind}"] = result = await scenario(server, keys, args)
+                show(label, server.kind, result)
+        ours.stop()
+        bare.stop()
 
-    slow = start("slow")
-    results["c_slow"], creates = await scenario_c(slow, keys, args)
-    show(f"(c) keep-alive x{args.connections}, {args.slow_calls} slow create_db", "slow",
-         results["c_slow"])
-    print("    create_db: " + ", ".join(
-        f"slow{i} {status or 'FAILED'} in {seconds:.2f}s"
-        for i, (status, seconds) in enumerate(creates)), flush=True)
-    slow.stop()
+    if "c" in args.scenarios:
+        slow = start("slow")
+        started.append(slow)
+        results["c_slow"], creates = await scenario_c(slow, keys, args)
+        show(f"(c) keep-alive x{args.connections}, {args.slow_calls} slow create_db", "slow",
+             results["c_slow"])
+        print("    create_db: " + ", ".join(
+            f"slow{i} {status or 'FAILED'} in {seconds:.2f}s"
+            for i, (status, seconds) in enumerate(creates)), flush=True)
+        slow.stop()
 
     notes = saturation_notes(results)
-    for server in (ours, bare, slow):
+    for server in started:
         tail = server.log_tail(5)
         if tail:
             notes.append(f"server {server.kind!r} logged (last lines):\n    "

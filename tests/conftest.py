@@ -5,6 +5,7 @@ import datetime
 import http.client
 import json
 import os
+import re
 import ssl
 import subprocess
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, Optional, Tuple
 
+import pymysql
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -177,3 +179,28 @@ def fetch_as(certs, server):
             return request(port or server.port, ctx, method, path, body, **kw)
         return fetch
     return as_user
+
+
+# -- MariaDB ---------------------------------------------------------------------
+
+DSN = "mysql://root@127.0.0.1:3306/"
+DATA_SOURCE_RE = re.compile(
+    r"^mysql://(?P<user>[^:]+):(?P<password>[^@]+)@tcp\((?P<host>[^:]+):(?P<port>\d+)\)"
+    r"/(?P<db>[^?]+)\?maxAllowedPacket=0$")
+
+
+def admin_connect():
+    return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="",
+                           connect_timeout=3, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def mariadb():
+    try:
+        admin_connect().close()
+    except pymysql.MySQLError as e:
+        message = f"MariaDB is not reachable on 127.0.0.1:3306: {e}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message + " (start it, or run under CI=true to make this fail)")
+    return DSN

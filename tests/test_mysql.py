@@ -1,8 +1,6 @@
 """The MySQL provisioner against a real MariaDB server (127.0.0.1:3306, root, no password,
 or SQLFLOW_PLAYGROUND_TEST_MYSQL_DSN). Under CI=true these tests fail without it."""
 import logging
-import os
-import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,30 +8,7 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 
-from conftest import client_context, request
-
-DSN = os.environ.get("SQLFLOW_PLAYGROUND_TEST_MYSQL_DSN", "mysql://root@127.0.0.1:3306/")
-DATA_SOURCE_RE = re.compile(
-    r"^mysql://(?P<user>[^:]+):(?P<password>[^@]+)@tcp\((?P<host>[^:]+):(?P<port>\d+)\)"
-    r"/(?P<db>[^?]+)\?maxAllowedPacket=0$")
-
-
-def admin_connect():
-    return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="",
-                           connect_timeout=3, autocommit=True)
-
-
-@pytest.fixture(scope="session")
-def mariadb():
-    try:
-        admin_connect().close()
-    except pymysql.MySQLError as e:
-        message = f"MariaDB is not reachable on 127.0.0.1:3306: {e}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message + " (start it, or run under CI=true to make this fail)")
-    return DSN
-
+from conftest import DATA_SOURCE_RE, admin_connect, client_context, request
 
 @pytest.fixture
 def mysql_server(make_server, mariadb):

@@ -1,0 +1,80 @@
+"""The plugin contract (DESIGN §6), modelled on Flyte's backend connectors.
+
+A plugin is a class with ``task_type``, ``version``, ``spec_schema`` and three methods:
+
+* ``create(ctx, spec) -> meta``: start the work; ``meta`` is a JSON-able dict the store
+  keeps, so the plugin itself holds no state and any replica can poll it;
+* ``get(ctx, meta, cursor) -> TaskState``: the job's status and the responses produced
+  since ``cursor`` (an opaque string the plugin returned before, "" at first);
+* ``delete(ctx, meta)``: stop the work and free what it holds; must be idempotent.
+
+Methods may be ``async def`` or plain ``def``; plain ones run in the bounded executor.
+"""
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
+
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, UNKNOWN = (
+    "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "UNKNOWN")
+STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, UNKNOWN)
+TERMINAL = frozenset((SUCCEEDED, FAILED, CANCELLED, UNKNOWN))
+
+
+def is_terminal(status: str) -> bool:
+    """True once a job can change no more."""
+    return status in TERMINAL
+
+
+@dataclass
+class TaskContext:
+    """What a plugin may know about the job it serves."""
+
+    token: str
+    user_id: str
+    workdir: str  # a private directory for this job's files, created before ``create``
+    data_source: Optional[str] = None  # the owner's own database, when provisioned
+    max_bytes: int = 1 << 20  # how much response data one ``get`` may return
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskState:
+    """One observation of a job: its status, and responses since the cursor given."""
+
+    status: str
+    message: str = ""
+    responses: List[Dict[str, Any]] = field(default_factory=list)
+    cursor: str = ""  # pass this to the next ``get`` to continue where this one stopped
+    outputs: Dict[str, Any] = field(default_factory=dict)
+    log_links: List[Dict[str, str]] = field(default_factory=list)
+
+
+class TaskPlugin(abc.ABC):
+    """Base class of every task type; see the module docstring for the contract."""
+
+    task_type: str = ""
+    version: str = "v1"
+    description: str = ""
+    spec_schema: Dict[str, Any] = {"type": "object"}
+    #: whether the job needs its owner's database (``ctx.data_source``) to exist
+    needs_database: bool = False
+
+    @abc.abstractmethod
+    def create(self, ctx: TaskContext, spec: Dict[str, Any]) -> Dict[str, Any]:
+        """Start the job; return the metadata needed to find it again."""
+
+    @abc.abstractmethod
+    def get(self, ctx: TaskContext, meta: Dict[str, Any], cursor: str) -> TaskState:
+        """The job's state, with responses produced since ``cursor``."""
+
+    @abc.abstractmethod
+    def delete(self, ctx: TaskContext, meta: Dict[str, Any]) -> None:
+        """Stop the job and free what it holds. Idempotent."""
+
+    def recover(self, ctx: TaskContext, meta: Dict[str, Any]) -> Optional[str]:
+        """Called at start-up for a job that was running when the server stopped.
+
+        Return a message to mark the job FAILED with it (the work died with the server),
+        or None when the work lives on outside the server and ``get`` can still follow it.
+        """
+        return None
