@@ -1,5 +1,5 @@
-"""The MySQL provisioner against a real MariaDB server (127.0.0.1:3306, root, no password,
-or SQLFLOW_PLAYGROUND_TEST_MYSQL_DSN). Under CI=true these tests fail without it."""
+"""The MySQL provisioner against a real MariaDB server (127.0.0.1:3306, root, no password).
+Under CI=true these tests fail without it."""
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
