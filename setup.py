@@ -14,6 +14,7 @@ setup(
         "sqlalchemy>=1.4",
         "pymysql>=1.0",
         "pyyaml>=5.4",
+        "jsonschema>=4.0",
     ],
     extras_require={
         "test": [

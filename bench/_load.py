@@ -180,6 +180,7 @@ class Result:
     latencies_ms: List[float]
     server_cpu_s: float
     client_cpu_s: float
+    cores_busy_s: float  # everything the benchmark's cores did, whoever did it
     first_error: str = ""
 
     @property
@@ -212,11 +213,22 @@ class Result:
     def client_core_share(self) -> float:
         return self.client_cpu_s / self.wall_s if self.wall_s else 0.0
 
+    @property
+    def other_core_share(self) -> float:
+        """Work on the benchmark's cores by neither server nor client (other processes,
+        hypervisor steal, interrupts), in cores: noise when well above a few percent."""
+        other = self.cores_busy_s - self.server_cpu_s - self.client_cpu_s
+        return max(0.0, other / self.wall_s) if self.wall_s else 0.0
+
 
 async def measure(start_workers: Callable[[Run], Awaitable[List["asyncio.Task"]]],
-                  server_cpu: Callable[[], float], warmup_s: float, seconds: float,
+                  server_cpu: Callable[[], float], cores_busy: Callable[[], float],
+                  warmup_s: float, seconds: float,
                   during: Optional[Callable[[], Awaitable[None]]] = None) -> Result:
     """Start the workers, warm up, measure for ``seconds``, stop them.
+
+    ``server_cpu`` and ``cores_busy`` are CPU-seconds counters read at both ends of the
+    window: the server process's, and all work done on the benchmark's cores.
 
     ``during`` (if given) is awaited after the warm-up, before the window opens: scenario
     (c) starts its slow create_db calls there.
@@ -227,11 +239,13 @@ async def measure(start_workers: Callable[[Run], Awaitable[List["asyncio.Task"]]
         await asyncio.sleep(warmup_s)
         if during is not None:
             await during()
-        cpu0, client0, t0 = server_cpu(), time.process_time(), time.perf_counter()
+        busy0, cpu0, client0 = cores_busy(), server_cpu(), time.process_time()
+        t0 = time.perf_counter()
         run.measuring = True
         await asyncio.sleep(seconds)
         run.measuring = False
-        cpu1, client1, t1 = server_cpu(), time.process_time(), time.perf_counter()
+        t1 = time.perf_counter()
+        busy1, cpu1, client1 = cores_busy(), server_cpu(), time.process_time()
     finally:
         run.stopping = True
         _, pending = await asyncio.wait(tasks, timeout=CONNECT_TIMEOUT_S + 5)
@@ -246,6 +260,7 @@ async def measure(start_workers: Callable[[Run], Awaitable[List["asyncio.Task"]]
     return Result(requests=len(run.latencies_s) + run.errors, errors=run.errors, wall_s=t1 - t0,
                   latencies_ms=[1000.0 * s for s in run.latencies_s],
                   server_cpu_s=cpu1 - cpu0, client_cpu_s=client1 - client0,
+                  cores_busy_s=busy1 - busy0,
                   first_error=run.first_error)
 
 

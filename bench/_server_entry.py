@@ -12,10 +12,12 @@ slow  the real gateway, but its sqlite provisioner sleeps ``--slow_s`` in the bl
 All three listen on an ephemeral port of 127.0.0.1, log at WARNING (so Tornado's access
 log is discarded alike in all of them) and stop on SIGTERM/SIGINT. With BENCH_PROFILE=PATH
 in the environment, the IOLoop thread is run under cProfile and its stats dumped to PATH.
+SIGUSR1 writes every thread's stack to stderr (the benchmark sends it when a server hangs).
 """
 import argparse
 import asyncio
 import cProfile
+import faulthandler
 import json
 import os
 import signal
@@ -123,6 +125,7 @@ def main() -> None:
     parser.add_argument("--slow_s", type=float, default=5.0)
     args = parser.parse_args()
     cli.setup_logging(LOG_LEVEL)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks to the log, for hangs
     os.makedirs(args.state_dir, exist_ok=True)
     run = RUNNERS[args.kind](args)
     profile_path = os.environ.get("BENCH_PROFILE")

@@ -72,6 +72,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def busy_seconds(cores: List[int]) -> float:
+    """CPU time the given cores spent on anything but idling (incl. steal), from /proc/stat."""
+    busy = 0
+    with open("/proc/stat") as fh:
+        for line in fh:
+            name, *ticks = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+                user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, ticks[:8])
+                busy += user + nice + system + irq + softirq + steal
+    return busy / CLOCK_TICKS
+
+
 class ServerProcess:
     """One server child. ``start()`` returns its port; ``stop()`` is safe to call twice."""
 
@@ -131,6 +143,12 @@ class ServerProcess:
     def cpu_seconds(self) -> float:
         assert self.proc is not None
         return cpu_seconds(self.proc.pid)
+
+    def dump_stacks(self) -> None:
+        """Ask the server to write all its threads' stacks to its log (faulthandler)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
 
     def log_tail(self, lines: int = 20) -> str:
         try:

@@ -24,7 +24,9 @@ The load generator is this process (pinned to core 1, asyncio on uvloop), presen
 Columns: req/s and latency percentiles as the client sees them; "srv ms/req" is the
 server process's CPU time (utime+stime, all threads, /proc/PID/stat) over the window
 divided by the requests in it; "srv core" / "cli core" are the share of one core that
-server and load generator used. Reading the ratios:
+server and load generator used; "other" is what else ran on those two cores (other
+processes, hypervisor steal, interrupts, /proc/stat): above ~15% the row is noise.
+Reading the ratios:
   ours/bare req/s    throughput relative to the Tornado floor; 1.0 = no overhead of ours.
                      Meaningful only while the server core is saturated (srv core ~100%);
                      if the client core is saturated instead, both servers look alike.
@@ -50,6 +52,7 @@ TARGET_A_P99_MS = 10.0
 TARGET_B_RATIO = 0.9
 TARGET_C_P99_MS = 20.0
 SERVER_CORE, CLIENT_CORE = 0, 1
+NOISY_OTHER_SHARE = 0.15  # "other" work on our cores above this makes a row unreliable
 SETTLE_S = 0.5  # after starting the slow create_db calls, before the window of (c) opens
 HEART_BEAT = "/api/heart_beat?user_id=bench"
 
@@ -75,6 +78,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def cores_busy(args: argparse.Namespace) -> Callable[[], float]:
+    return lambda: _servers.busy_seconds(args.cores)
+
+
 # -- scenarios -------------------------------------------------------------------------
 
 async def scenario_a(server: _servers.ServerProcess, keys: _servers.KeyStore,
@@ -82,7 +89,8 @@ async def scenario_a(server: _servers.ServerProcess, keys: _servers.KeyStore,
     ctx = _load.client_context(keys.ca, keys.crt("bench"), keys.key("bench"))
     load = _load.keep_alive_load(server.port, ctx, _load.get_request(server.port, HEART_BEAT),
                                  args.connections)
-    return await _load.measure(load, server.cpu_seconds, args.warmup, args.seconds)
+    return await _load.measure(load, server.cpu_seconds, cores_busy(args), args.warmup,
+                               args.seconds)
 
 
 async def scenario_b(server: _servers.ServerProcess, keys: _servers.KeyStore,
@@ -91,7 +99,8 @@ async def scenario_b(server: _servers.ServerProcess, keys: _servers.KeyStore,
     load = _load.new_connection_load(server.port, ctx,
                                      _load.get_request(server.port, HEART_BEAT),
                                      args.handshake_workers)
-    return await _load.measure(load, server.cpu_seconds, args.warmup, args.seconds)
+    return await _load.measure(load, server.cpu_seconds, cores_busy(args), args.warmup,
+                               args.seconds)
 
 
 async def scenario_c(server: _servers.ServerProcess, keys: _servers.KeyStore,
@@ -106,15 +115,15 @@ async def scenario_c(server: _servers.ServerProcess, keys: _servers.KeyStore,
         for i in range(args.slow_calls):
             raw = _load.post_json_request(port, "/api/create_db", {"user_id": f"slow{i}"})
             creates.append(asyncio.ensure_future(
-                _load.timed_request(port, front_ctx, raw, timeout_s=args.slow_s + 30)))
+                _load.timed_request(port, front_ctx, raw, timeout_s=args.slow_s + 10)))
         await asyncio.sleep(SETTLE_S)
 
     window = max(0.5, args.slow_s - SETTLE_S - 0.5)  # closes before the provisionings end
     load = _load.keep_alive_load(port, beat_ctx, _load.get_request(port, HEART_BEAT),
                                  args.connections)
     try:
-        result = await _load.measure(load, server.cpu_seconds, args.warmup, window,
-                                     during=start_creates)
+        result = await _load.measure(load, server.cpu_seconds, cores_busy(args), args.warmup,
+                                     window, during=start_creates)
     finally:
         outcomes = list(await asyncio.gather(*creates))
     return result, outcomes
@@ -122,14 +131,21 @@ async def scenario_c(server: _servers.ServerProcess, keys: _servers.KeyStore,
 
 # -- reporting ---------------------------------------------------------------------------
 
+def label(scenario: str, args: argparse.Namespace) -> str:
+    return {"a": f"(a) keep-alive x{args.connections}",
+            "b": f"(b) new TLS conn/request x{args.handshake_workers}",
+            "c": f"(c) keep-alive x{args.connections}, {args.slow_calls} slow create_db",
+            }[scenario]
+
+
 def row(label: str, server: str, r: Result) -> str:
-    return (f"{label:<34} {server:<5} {r.rps:>9.0f} {r.p50:>7.2f} {r.p99:>7.2f} "
+    return (f"{label:<37} {server:<5} {r.rps:>9.0f} {r.p50:>7.2f} {r.p99:>7.2f} "
             f"{r.server_cpu_ms_per_request:>10.3f} {r.server_core_share:>8.0%} "
-            f"{r.client_core_share:>8.0%} {r.errors:>6}")
+            f"{r.client_core_share:>8.0%} {r.other_core_share:>6.0%} {r.errors:>6}")
 
 
-HEADER = (f"{'scenario':<34} {'srv':<5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'srv ms/req':>10} {'srv core':>8} {'cli core':>8} {'errors':>6}")
+HEADER = (f"{'scenario':<37} {'srv':<5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'srv ms/req':>10} {'srv core':>8} {'cli core':>8} {'other':>6} {'errors':>6}")
 
 
 def show(label: str, server: str, r: Result) -> None:
@@ -144,24 +160,21 @@ def verdict(ok: bool) -> str:
 
 def summary(args: argparse.Namespace, results: Dict[str, Result],
             creates: List[Tuple[int, float]], notes: List[str]) -> None:
-    labels = {"a": f"(a) keep-alive x{args.connections}",
-              "b": f"(b) new TLS conn/request x{args.handshake_workers}",
-              "c": f"(c) keep-alive x{args.connections}, {args.slow_calls} slow create_db"}
     print("\n== summary " + "=" * 90)
     print(HEADER)
-    for key, (scenario, server) in {"a_ours": ("a", "ours"), "a_bare": ("a", "bare"),
-                                    "b_ours": ("b", "ours"), "b_bare": ("b", "bare"),
-                                    "c_slow": ("c", "slow")}.items():
-        if key in results:
-            print(row(labels[scenario], server, results[key]))
+    for key, result in results.items():  # keys are "<scenario>_<server>"
+        scenario, server = key.split("_")
+        print(row(label(scenario, args), server, result))
 
     ratios = {}
     for s in ("a", "b"):
         ours, bare = results.get(f"{s}_ours"), results.get(f"{s}_bare")
         if ours and bare and bare.rps and ours.server_cpu_ms_per_request:
             ratios[s] = ours.rps / bare.rps
+            extra_us = 1000 * (ours.server_cpu_ms_per_request - bare.server_cpu_ms_per_request)
             print(f"({s}) ratio ours/bare: req/s {ratios[s]:.3f}   CPU/req "
-                  f"{ours.server_cpu_ms_per_request / bare.server_cpu_ms_per_request:.3f}")
+                  f"{ours.server_cpu_ms_per_request / bare.server_cpu_ms_per_request:.3f}"
+                  f"   (ours costs {extra_us:+.0f} us of server CPU per request)")
 
     print("\ntargets (informational):")
     checks: List[Tuple[str, str, Optional[bool]]] = []
@@ -196,6 +209,10 @@ def summary(args: argparse.Namespace, results: Dict[str, Result],
 def saturation_notes(results: Dict[str, Result]) -> List[str]:
     notes = []
     for key, r in results.items():
+        if r.other_core_share > NOISY_OTHER_SHARE:
+            notes.append(f"{key}: something else used {r.other_core_share:.0%} of a core on the "
+                         "benchmark's cores (other processes or hypervisor steal); this row "
+                         "is unreliable, rerun on a quiet machine.")
         if r.client_core_share > 0.9:
             notes.append(f"{key}: the load generator used {r.client_core_share:.0%} of its core; "
                          "req/s may be client-bound (compare CPU/req instead).")
@@ -207,6 +224,13 @@ def saturation_notes(results: Dict[str, Result]) -> List[str]:
 
 # -- orchestration -------------------------------------------------------------------------
 
+def report_hang(server: _servers.ServerProcess) -> None:
+    """A server that answered nothing: print its threads' stacks (written to its log)."""
+    server.dump_stacks()
+    print(f"    server {server.kind!r} answered nothing; its log and stacks:\n    "
+          + server.log_tail(60).replace("\n", "\n    "), flush=True)
+
+
 async def run_all(args: argparse.Namespace, keys: _servers.KeyStore, start: Callable) -> None:
     results: Dict[str, Result] = {}
     creates: List[Tuple[int, float]] = []
@@ -216,14 +240,14 @@ async def run_all(args: argparse.Namespace, keys: _servers.KeyStore, start: Call
     if "a" in args.scenarios or "b" in args.scenarios:
         ours, bare = start("ours"), start("bare")
         started += [ours, bare]
-        for key, scenario, label in (("a", scenario_a, f"(a) keep-alive x{args.connections}"),
-                                     ("b", scenario_b,
-                                      f"(b) new TLS conn/request x{args.handshake_workers}")):
+        for key, scenario in (("a", scenario_a), ("b", scenario_b)):
             if key not in args.scenarios:
                 continue
             for server in (ours, bare):
                 results[f"{key}_{server.kind}"] = result = await scenario(server, keys, args)
-                show(label, server.kind, result)
+                show(label(key, args), server.kind, result)
+                if result.requests == 0:
+                    report_hang(server)
         ours.stop()
         bare.stop()
 
@@ -231,11 +255,12 @@ async def run_all(args: argparse.Namespace, keys: _servers.KeyStore, start: Call
         slow = start("slow")
         started.append(slow)
         results["c_slow"], creates = await scenario_c(slow, keys, args)
-        show(f"(c) keep-alive x{args.connections}, {args.slow_calls} slow create_db", "slow",
-             results["c_slow"])
+        show(label("c", args), "slow", results["c_slow"])
         print("    create_db: " + ", ".join(
             f"slow{i} {status or 'FAILED'} in {seconds:.2f}s"
             for i, (status, seconds) in enumerate(creates)), flush=True)
+        if results["c_slow"].requests == 0 or any(status != 200 for status, _ in creates):
+            report_hang(slow)
         slow.stop()
 
     notes = saturation_notes(results)
@@ -252,12 +277,13 @@ async def run_profile(args: argparse.Namespace, keys: _servers.KeyStore, start: 
     ours = start("ours", profile_to=profile_path)
     result = await scenario_a(ours, keys, args)
     print(HEADER)
-    show(f"(a) keep-alive x{args.connections} UNDER cProfile", "ours", result)
+    show(label("a", args) + " UNDER cProfile", "ours", result)
     ours.stop()
     import pstats
     stats = pstats.Stats(str(profile_path))
-    stats.sort_stats("tottime").print_stats(25)
-    stats.sort_stats("cumulative").print_stats(30)
+    print("IOLoop thread only; cProfile inflates call-heavy code, so compare shares, not times.")
+    stats.sort_stats("tottime").print_stats(20)
+    stats.sort_stats("cumulative").print_stats("sqlflow_playground|tornado/web.py", 25)
 
 
 def pin_self(args: argparse.Namespace) -> Tuple[Optional[int], str]:
@@ -286,6 +312,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below runs
     server_core, pin_note = pin_self(args)
+    args.cores = [SERVER_CORE, CLIENT_CORE] if server_core is not None else _servers.usable_cores()
     print(f"heartbeat bench: {args.seconds:g}s windows after {args.warmup:g}s warm-up; {pin_note}",
           flush=True)
     servers: List[_servers.ServerProcess] = []

@@ -92,6 +92,7 @@ def demo(argv: Sequence[str]) -> None:
         server_crt=config.server_crt or str(key_store / "server" / "server.crt"),
         server_key=config.server_key or str(key_store / "server" / "server.key"),
         crl=config.crl or (str(ca / "crl.pem") if (ca / "crl.pem").exists() else None),
+        enable_process_jobs=True,
     )
     setup_logging(config.log_level)
 

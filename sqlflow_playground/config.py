@@ -43,6 +43,13 @@ class Config:
     idle_timeout_s: float = _opt(3600.0, "release a user's database after this long without a heart beat")
     reap_interval_s: float = _opt(60.0, "how often the idle reaper runs")
     heartbeat_flush_s: float = _opt(1.0, "how often buffered heart beats are written to the store")
+    enable_process_jobs: bool = _opt(
+        False, "allow the 'process' task type (runs commands on this host as this user)")
+    fetch_timeout_s: float = _opt(600.0, "cancel a job not fetched for this long (default per job)")
+    job_ttl_s: float = _opt(86400.0, "purge finished jobs and their output after this long")
+    max_jobs_per_user: int = _opt(8, "unfinished jobs one user may have")
+    max_jobs: int = _opt(256, "unfinished jobs on the whole server")
+    fetch_page_bytes: int = _opt(1 << 20, "at most this much output per Fetch")
     executor_threads: int = _opt(16, "threads for blocking work (database drivers)")
     log_level: str = _opt("info", "logging level", choices=("debug", "info", "warning", "error"))
     config: Optional[str] = _opt(None, "YAML file with any of these settings")

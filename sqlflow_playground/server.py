@@ -15,7 +15,9 @@ from tornado.ioloop import PeriodicCallback
 from .blocking import BlockingRunner
 from .config import Config, ConfigError
 from .handlers import NotFoundHandler, all_handlers
+from .jobs import JobService, JobSettings
 from .playground import PlaygroundService
+from .plugins.registry import PluginRegistry, builtin_plugins, discovered_plugins
 from .provisioners import Provisioner, make_provisioner
 from .store import Store
 from .tls import make_server_context
@@ -23,11 +25,14 @@ from .tls import make_server_context
 log = logging.getLogger(__name__)
 
 
-def make_app(config: Config, playground: PlaygroundService) -> tornado.web.Application:
+def make_app(config: Config, playground: PlaygroundService, jobs: JobService,
+             registry: PluginRegistry) -> tornado.web.Application:
     return tornado.web.Application(
         all_handlers(),
         default_handler_class=NotFoundHandler,
         playground=playground,
+        jobs=jobs,
+        registry=registry,
         frontend_certs=config.frontend_certs,
         insecure=not config.tls_enabled,
     )
@@ -53,7 +58,17 @@ class Gateway:
         self.provisioner = provisioner or make_provisioner(config, self.runner)
         self.playground = PlaygroundService(self.store, self.provisioner, self.runner,
                                             config.idle_timeout_s)
-        self.app = make_app(config, self.playground)
+        self.registry = PluginRegistry(self.runner, builtin_plugins(config.enable_process_jobs))
+        for plugin in discovered_plugins():
+            try:
+                self.registry.register(plugin)
+            except ValueError as e:
+                log.error("plugin %s not registered: %s", type(plugin).__name__, e)
+        self.jobs = JobService(self.store, self.registry, self.runner, JobSettings(
+            state_dir=config.state_dir, fetch_timeout_s=config.fetch_timeout_s,
+            job_ttl_s=config.job_ttl_s, max_jobs_per_user=config.max_jobs_per_user,
+            max_jobs=config.max_jobs, fetch_page_bytes=config.fetch_page_bytes))
+        self.app = make_app(config, self.playground, self.jobs, self.registry)
         self.http: Optional[HTTPServer] = None
         self.sockets: List[socket.socket] = []
         self._periodic: List[PeriodicCallback] = []
@@ -70,6 +85,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.provisioner.check()
+        await self.jobs.recover()
         # Unbuffered request bodies are capped by the handlers; this only bounds headers.
         self.http = HTTPServer(self.app, ssl_options=self.ssl_context(), max_buffer_size=2 << 20)
         self.sockets = tornado.netutil.bind_sockets(self.config.port, self.config.host or None)
@@ -102,6 +118,7 @@ class Gateway:
     async def _flush(self) -> None:
         try:
             await self.playground.flush_heartbeats()
+            await self.jobs.flush_fetches()
         except Exception:
             log.exception("writing heart beats to the store failed; will retry")
 
@@ -113,6 +130,10 @@ class Gateway:
             return
         if released:
             log.info("idle reaper released %d database(s)", len(released))
+        try:
+            await self.jobs.reap()
+        except Exception:
+            log.exception("job reaper failed; will retry")
 
     async def stop(self) -> None:
         """Stop accepting, close connections, save buffered heart beats, free resources."""

@@ -30,6 +30,27 @@ users = sa.Table(
 
 READY, RELEASING = "ready", "releasing"
 
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(64), nullable=False, index=True),
+    sa.Column("task_type", sa.String(64), nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),  # JSON
+    sa.Column("meta", sa.Text),  # JSON: what the plugin needs to find the work again
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("message", sa.Text, nullable=False, default=""),
+    sa.Column("outputs", sa.Text),  # JSON, once finished
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("last_fetched_at", sa.Float, nullable=False),
+    sa.Column("fetch_timeout_s", sa.Float, nullable=False),
+)
+
+ACTIVE = ("PENDING", "RUNNING")
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
@@ -42,6 +63,18 @@ def _row(r: Any) -> Dict[str, Any]:
     d = dict(r._mapping)
     d["resource"] = json.loads(d["resource"])
     return d
+
+
+def _job(r: Any) -> Dict[str, Any]:
+    d = dict(r._mapping)
+    for key in ("spec", "meta", "outputs"):
+        d[key] = json.loads(d[key]) if d[key] is not None else None
+    return d
+
+
+def _encode_job(values: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: (json.dumps(v) if k in ("spec", "meta", "outputs") and v is not None else v)
+            for k, v in values.items()}
 
 
 class Store:
@@ -134,3 +167,74 @@ class Store:
     def delete_user(self, user_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(users.delete().where(users.c.user_id == user_id))
+
+    # -- jobs ----------------------------------------------------------------
+
+    def insert_job(self, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(jobs.insert().values(**_encode_job(values)))
+
+    def get_job(self, token: str) -> Optional[Dict[str, Any]]:
+        with self.engine.connect() as conn:
+            r = conn.execute(jobs.select().where(jobs.c.token == token)).first()
+        return _job(r) if r else None
+
+    def update_job(self, token: str, only_if_active: bool = False, **values: Any) -> bool:
+        """Update one job; with ``only_if_active``, only while it is PENDING or RUNNING,
+        so of two replicas finishing one job, exactly one wins."""
+        stmt = jobs.update().where(jobs.c.token == token)
+        if only_if_active:
+            stmt = stmt.where(jobs.c.status.in_(ACTIVE))
+        with self.engine.begin() as conn:
+            return conn.execute(stmt.values(**_encode_job(values))).rowcount == 1
+
+    def list_jobs(self, user_id: Optional[str] = None, status: Optional[str] = None,
+                  limit: int = 1000) -> List[Dict[str, Any]]:
+        stmt = jobs.select().order_by(jobs.c.created_at.desc()).limit(limit)
+        if user_id is not None:
+            stmt = stmt.where(jobs.c.user_id == user_id)
+        if status is not None:
+            stmt = stmt.where(jobs.c.status == status)
+        with self.engine.connect() as conn:
+            return [_job(r) for r in conn.execute(stmt)]
+
+    def active_jobs(self, user_id: Optional[str] = None) -> List[Dict[str, Any]]:
+        stmt = jobs.select().where(jobs.c.status.in_(ACTIVE))
+        if user_id is not None:
+            stmt = stmt.where(jobs.c.user_id == user_id)
+        with self.engine.connect() as conn:
+            return [_job(r) for r in conn.execute(stmt)]
+
+    def count_active_jobs(self, user_id: Optional[str] = None) -> int:
+        stmt = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status.in_(ACTIVE))
+        if user_id is not None:
+            stmt = stmt.where(jobs.c.user_id == user_id)
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar_one()
+
+    def touch_jobs(self, fetched: Dict[str, float]) -> None:
+        if not fetched:
+            return
+        stmt = (jobs.update()
+                .where(jobs.c.token == sa.bindparam("tok"))
+                .where(jobs.c.last_fetched_at < sa.bindparam("ts"))
+                .values(last_fetched_at=sa.bindparam("ts")))
+        with self.engine.begin() as conn:
+            conn.execute(stmt, [{"tok": t, "ts": ts} for t, ts in fetched.items()])
+
+    def abandoned_jobs(self, now: float) -> List[Dict[str, Any]]:
+        """Active jobs whose owner has not fetched them for their ``fetch_timeout_s``."""
+        stmt = jobs.select().where(jobs.c.status.in_(ACTIVE)).where(
+            jobs.c.last_fetched_at + jobs.c.fetch_timeout_s < now)
+        with self.engine.connect() as conn:
+            return [_job(r) for r in conn.execute(stmt)]
+
+    def expired_jobs(self, finished_before: float) -> List[Dict[str, Any]]:
+        stmt = jobs.select().where(jobs.c.status.notin_(ACTIVE)).where(
+            jobs.c.finished_at < finished_before)
+        with self.engine.connect() as conn:
+            return [_job(r) for r in conn.execute(stmt)]
+
+    def delete_job(self, token: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(jobs.delete().where(jobs.c.token == token))

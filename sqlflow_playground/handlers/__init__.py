@@ -1,8 +1,8 @@
 """HTTP routes; each module exports ``default_handlers``."""
-from . import db, users
+from . import db, jobs, plugins, users
 from .base import APIHandler, NotFoundHandler
 
-ROUTE_MODULES = (db, users)
+ROUTE_MODULES = (db, users, jobs, plugins)
 
 
 def all_handlers():

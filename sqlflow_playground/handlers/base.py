@@ -77,6 +77,9 @@ class APIHandler(tornado.web.RequestHandler):
             raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
         return body
 
+    def compute_etag(self) -> None:
+        return None  # API answers change with every call; hashing them is wasted work
+
     def query(self, name: str) -> Optional[str]:
         return self.get_query_argument(name, None)
 

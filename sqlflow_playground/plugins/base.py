@@ -33,7 +33,7 @@ class TaskContext:
     user_id: str
     workdir: str  # a private directory for this job's files, created before ``create``
     data_source: Optional[str] = None  # the owner's own database, when provisioned
-    max_bytes: int = 1 << 20  # how much response data one ``get`` may return
+    max_bytes: int = 1 << 20  # how much response data one ``get`` may return; 0: status only
     settings: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -45,6 +45,9 @@ class TaskState:
     message: str = ""
     responses: List[Dict[str, Any]] = field(default_factory=list)
     cursor: str = ""  # pass this to the next ``get`` to continue where this one stopped
+    #: True if more responses are ready past ``cursor`` (the page was full), False if not,
+    #: None if the plugin cannot tell (then a finished job's last page is an empty one).
+    more: Optional[bool] = None
     outputs: Dict[str, Any] = field(default_factory=dict)
     log_links: List[Dict[str, str]] = field(default_factory=list)
 

@@ -28,9 +28,13 @@ def read_lines(path: str, cursor: str, max_bytes: int, complete: bool,
     ``split_long=False``, whole.
     """
     offset = parse_cursor(cursor)
+    if max_bytes <= 0:  # status only
+        return [], str(offset)
     try:
         fh = open(path, "rb")
     except FileNotFoundError:
+        if offset:
+            raise BadRequest(f"invalid cursor {cursor!r}: beyond the end of the output") from None
         return [], str(offset)
     with fh:
         size = os.fstat(fh.fileno()).st_size

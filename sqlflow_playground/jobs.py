@@ -1,0 +1,260 @@
+"""The job service: submit -> token -> fetch with a cursor -> cancel. No HTTP here.
+
+State lives in the store and the job's output on disk (or in the backend), so a
+restart or another replica sees every job. Plugins do the work; this service owns
+tokens, ownership, quotas, long-polling and the reaper of abandoned and expired jobs.
+"""
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from .blocking import BlockingRunner
+from .errors import BadRequest, Conflict, NotFound, PlaygroundError, QuotaExceeded
+from .identity import Identity
+from .plugins.base import (CANCELLED, FAILED, PENDING, RUNNING, STATUSES, UNKNOWN, TaskContext,
+                           TaskState, is_terminal)
+from .plugins.registry import PluginRegistry
+from .store import READY, Store
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_S = 30.0
+POLL_INTERVAL_S = 0.05
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    state_dir: str
+    fetch_timeout_s: float = 600.0
+    job_ttl_s: float = 86400.0
+    max_jobs_per_user: int = 8
+    max_jobs: int = 256
+    fetch_page_bytes: int = 1 << 20
+
+
+class JobService:
+    """Runs jobs through plugins and answers for them by token."""
+
+    def __init__(self, store: Store, registry: PluginRegistry, runner: BlockingRunner,
+                 settings: JobSettings, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.registry = registry
+        self.runner = runner
+        self.settings = settings
+        self.clock = clock
+        self._fetched: Dict[str, float] = {}  # token -> last fetch, written in batches
+        self._submit_lock = asyncio.Lock()
+
+    # -- requests ------------------------------------------------------------
+
+    async def submit(self, user_id: str, task_type: str, version: Optional[str],
+                     spec: Any, fetch_timeout_s: Optional[float] = None) -> Dict[str, Any]:
+        version = version or self.registry.latest_version(task_type)
+        plugin = self.registry.get(task_type, version)
+        self.registry.validate(plugin, spec)
+        timeout = self.settings.fetch_timeout_s if fetch_timeout_s is None else fetch_timeout_s
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+            raise BadRequest("fetch_timeout_s must be a positive number of seconds")
+        data_source = None
+        if plugin.needs_database:
+            user = await self.runner.run(self.store.get_user, user_id)
+            if user is None or user["status"] != READY:
+                raise Conflict(f"user {user_id!r} has no database yet; call /api/create_db first")
+            data_source = user["data_source"]
+        token = secrets.token_urlsafe(24)  # 192 random bits
+        ctx = TaskContext(token=token, user_id=user_id, workdir=self._workdir(token),
+                          data_source=data_source)
+        async with self._submit_lock:  # so two submits cannot both take the last slot
+            await self._check_quota(user_id)
+            now = self.clock()
+            os.makedirs(ctx.workdir, mode=0o700)
+            await self.runner.run(
+                self.store.insert_job, token=token, user_id=user_id, task_type=task_type,
+                version=version, spec=spec, status=PENDING, message="", created_at=now,
+                last_fetched_at=now, fetch_timeout_s=float(timeout))
+        try:
+            meta = await self.registry.call(plugin.create, ctx, spec)
+        except PlaygroundError:
+            # The plugin refused the spec: as if the request had never come.
+            await self.runner.run(self.store.delete_job, token)
+            shutil.rmtree(ctx.workdir, ignore_errors=True)
+            raise
+        except Exception as e:
+            log.exception("job %s (%s/%s) failed to start", token[:8], task_type, version)
+            await self.runner.run(self.store.update_job, token, status=FAILED,
+                                  message=f"could not start: {type(e).__name__}: {e}",
+                                  finished_at=self.clock())
+            return {"token": token, "status": FAILED}
+        await self.runner.run(self.store.update_job, token, meta=meta, status=RUNNING,
+                              started_at=self.clock())
+        log.info("job %s… %s/%s submitted by %s", token[:8], task_type, version, user_id)
+        return {"token": token, "status": RUNNING}
+
+    async def fetch(self, viewer: Identity, token: str, since: str = "",
+                    wait: float = 0.0) -> Dict[str, Any]:
+        """The job's status and the responses after ``since``; with ``wait``, hold the
+        request until there is something new or ``wait`` seconds have passed."""
+        if not 0 <= wait <= MAX_WAIT_S:
+            raise BadRequest(f"wait must be between 0 and {MAX_WAIT_S:g} seconds")
+        job = await self._visible_job(viewer, token)
+        self._fetched[token] = self.clock()
+        deadline = time.monotonic() + wait
+        seen_status = job["status"]
+        while True:
+            job, state = await self._observe(job, since, self.settings.fetch_page_bytes)
+            news = state.responses or state.status != seen_status or is_terminal(state.status)
+            if news or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(POLL_INTERVAL_S)
+        eof = is_terminal(state.status) and (state.more is False or not state.responses)
+        return {**self._summary(job), "responses": state.responses, "next": state.cursor,
+                "eof": eof}
+
+    async def status(self, viewer: Identity, token: str) -> Dict[str, Any]:
+        """The job's status without its output (counts as a fetch)."""
+        job = await self._visible_job(viewer, token)
+        self._fetched[token] = self.clock()
+        job, _ = await self._observe(job, "", 0)
+        return self._summary(job)
+
+    async def cancel(self, viewer: Identity, token: str,
+                     reason: str = "cancelled by the user") -> Dict[str, Any]:
+        """Stop the job. Cancelling a finished job changes nothing."""
+        job = await self._visible_job(viewer, token)
+        job = await self._cancel(job, reason)
+        return self._summary(job)
+
+    async def list(self, user_id: Optional[str], status: Optional[str]) -> List[Dict[str, Any]]:
+        if status is not None and status not in STATUSES:
+            raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
+        jobs = await self.runner.run(self.store.list_jobs, user_id, status)
+        return [self._summary(j) for j in jobs]
+
+    # -- background work -------------------------------------------------------
+
+    async def recover(self) -> None:
+        """At start-up: jobs whose work died with the previous process become FAILED."""
+        for job in await self.runner.run(self.store.active_jobs):
+            try:
+                plugin = self.registry.get(job["task_type"], job["version"])
+            except NotFound:
+                await self._finish(job, UNKNOWN, "its task type is no longer available")
+                continue
+            if job["meta"] is None:
+                await self._finish(job, FAILED, "the server stopped before the job started")
+                continue
+            message = await self.registry.call(plugin.recover, self._context(job), job["meta"])
+            if message:
+                await self._finish(job, FAILED, message)
+
+    async def reap(self) -> None:
+        """Cancel abandoned jobs, refresh the status of active ones, purge expired ones."""
+        await self.flush_fetches()
+        now = self.clock()
+        for job in await self.runner.run(self.store.abandoned_jobs, now):
+            if job["token"] in self._fetched:
+                continue  # fetched since the flush above
+            await self._each(job, self._cancel(
+                job, f"cancelled: not fetched for {job['fetch_timeout_s']:g}s (fetch_timeout_s)"))
+        for job in await self.runner.run(self.store.active_jobs):
+            await self._each(job, self._observe(job, "", 0))
+        for job in await self.runner.run(self.store.expired_jobs, now - self.settings.job_ttl_s):
+            await self._each(job, self._purge(job))
+
+    async def flush_fetches(self) -> None:
+        if self._fetched:
+            fetched, self._fetched = self._fetched, {}
+            await self.runner.run(self.store.touch_jobs, fetched)
+
+    # -- internals ---------------------------------------------------------------
+
+    async def _each(self, job: Dict[str, Any], work) -> None:
+        try:
+            await work
+        except Exception:
+            # One bad job must not stop the sweep; the next sweep tries again.
+            log.exception("job reaper: job %s… failed", job["token"][:8])
+
+    async def _visible_job(self, viewer: Identity, token: str) -> Dict[str, Any]:
+        job = await self.runner.run(self.store.get_job, token) if token else None
+        if job is None or not (viewer.is_frontend or job["user_id"] == viewer.name):
+            raise NotFound("no such job")  # the same answer for "not yours": no probing
+        return job
+
+    async def _check_quota(self, user_id: str) -> None:
+        for job in await self.runner.run(self.store.active_jobs, user_id):
+            await self._observe(job, "", 0)  # finished but never fetched: not counted
+        mine = await self.runner.run(self.store.count_active_jobs, user_id)
+        if mine >= self.settings.max_jobs_per_user:
+            raise QuotaExceeded(f"user {user_id!r} already has {mine} unfinished jobs "
+                                f"(max_jobs_per_user={self.settings.max_jobs_per_user})")
+        total = await self.runner.run(self.store.count_active_jobs)
+        if total >= self.settings.max_jobs:
+            raise QuotaExceeded(f"the server is running {total} jobs "
+                                f"(max_jobs={self.settings.max_jobs}); try again later")
+
+    async def _observe(self, job: Dict[str, Any], cursor: str, max_bytes: int):
+        """Ask the plugin how the job is doing; record a status change in the store."""
+        if job["meta"] is None:  # not started (yet): nothing to ask
+            return job, TaskState(status=job["status"], message=job["message"], cursor=cursor)
+        plugin = self.registry.get(job["task_type"], job["version"])
+        ctx = self._context(job, max_bytes=max_bytes)
+        state: TaskState = await self.registry.call(plugin.get, ctx, job["meta"], cursor)
+        if is_terminal(job["status"]):
+            # The service's verdict (cancelled, failed at restart) stands; output still flows.
+            state.status, state.message = job["status"], job["message"]
+            state.outputs = job["outputs"] or state.outputs
+        elif state.status != job["status"] or state.message != job["message"]:
+            job = await self._record(job, state)
+        return job, state
+
+    async def _record(self, job: Dict[str, Any], state: TaskState) -> Dict[str, Any]:
+        values: Dict[str, Any] = {"status": state.status, "message": state.message}
+        if is_terminal(state.status):
+            values.update(finished_at=self.clock(), outputs=state.outputs)
+        elif state.status == RUNNING and job["started_at"] is None:
+            values["started_at"] = self.clock()
+        if await self.runner.run(self.store.update_job, job["token"], True, **values):
+            return {**job, **values}
+        return await self.runner.run(self.store.get_job, job["token"])  # someone else did
+
+    async def _finish(self, job: Dict[str, Any], status: str, message: str,
+                      outputs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        return await self._record(job, TaskState(status=status, message=message,
+                                                 outputs=outputs or {}))
+
+    async def _cancel(self, job: Dict[str, Any], reason: str) -> Dict[str, Any]:
+        if is_terminal(job["status"]):
+            return job
+        if job["meta"] is not None:
+            plugin = self.registry.get(job["task_type"], job["version"])
+            user = await self.runner.run(self.store.get_user, job["user_id"])
+            ctx = self._context(job, data_source=user["data_source"] if user else None)
+            await self.registry.call(plugin.delete, ctx, job["meta"])
+        job = await self._finish(job, CANCELLED, reason)
+        log.info("job %s… cancelled: %s", job["token"][:8], reason)
+        return job
+
+    async def _purge(self, job: Dict[str, Any]) -> None:
+        await self.runner.run(self.store.delete_job, job["token"])
+        await self.runner.run(shutil.rmtree, self._workdir(job["token"]), True)
+
+    def _workdir(self, token: str) -> str:
+        return os.path.join(os.path.abspath(self.settings.state_dir), "jobs", token)
+
+    def _context(self, job: Dict[str, Any], data_source: Optional[str] = None,
+                 max_bytes: int = 0) -> TaskContext:
+        return TaskContext(token=job["token"], user_id=job["user_id"],
+                           workdir=self._workdir(job["token"]), data_source=data_source,
+                           max_bytes=max_bytes)
+
+    @staticmethod
+    def _summary(job: Dict[str, Any]) -> Dict[str, Any]:
+        return {key: job[key] for key in (
+            "token", "user_id", "task_type", "version", "status", "message", "outputs",
+            "created_at", "started_at", "finished_at", "fetch_timeout_s")}
