@@ -153,12 +153,21 @@ class _Session:
             self.interrupt = lambda: _kill_query(src, connection_id)
         self.cursor = self.conn.cursor()
 
-    def close(self) -> None:
-        if isinstance(self.cursor, pymysql.cursors.SSCursor):
-            # Detach the unbuffered cursor rather than close it: its close() (and
-            # __del__) would first read a cancelled result to its end.
-            self.cursor.connection = None
-        self.conn.close()  # closes sqlite's cursors too
+    def close(self, stop: bool) -> None:
+        """``stop``: the work was cut short. pymysql reads an unbuffered result to its
+        end before a cursor (or the result, when collected) can go, so first have the
+        server end the statement; what is already on the way is then read quickly."""
+        if stop:
+            try:
+                self.interrupt()
+            except Exception as e:
+                log.debug("sql job: cannot stop the statement: %s", type(e).__name__)
+        try:
+            self.cursor.close()
+        except DB_ERRORS:
+            pass  # e.g. the stopped statement's "interrupted" error
+        finally:
+            self.conn.close()
 
 
 def _write_status(workdir: str, status: str, message: str, outputs: Dict[str, Any]) -> None:
@@ -227,7 +236,7 @@ def _run(workdir: str, src: Dict[str, Any], statements: List[str], out: Response
             status, outputs = SUCCEEDED, {"statements": n, "rows": rows}
         finally:
             worker.set_interrupt(None)
-            session.close()
+            session.close(stop=status != SUCCEEDED)
     except _Cancelled:
         status, message = CANCELLED, "cancelled"
     except _Failed as e:
