@@ -95,6 +95,7 @@ def test_user_view_shows_own_database(fetch_as):
     view = alice("GET", "/api/users/alice").body
     assert view["data_source"] == created["data_source"]
     assert view["provisioner"] == "sqlite" and view["status"] == "ready"
+    assert view["jobs"] == []
 
 
 def test_delete_db_releases_the_database(fetch_as):

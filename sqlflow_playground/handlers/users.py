@@ -21,8 +21,9 @@ class UserHandler(PlaygroundHandler):
     async def get(self, user_id: str) -> None:
         user_id = self.identity.act_for(user_id)
         user = await self.playground.get_user(user_id)
+        jobs = await self.settings["jobs"].list(user_id, None)
         self.write_json({**describe(user, with_data_source=True),
-                         "idle_timeout_s": self.idle_timeout_s})
+                         "idle_timeout_s": self.idle_timeout_s, "jobs": jobs})
 
 
 class UsersHandler(PlaygroundHandler):
