@@ -254,13 +254,18 @@ def test_mysql_large_result_streams_in_order(mysql_user, tmp_path):
 def test_mysql_cancel_kills_a_running_query(mysql_user, tmp_path):
     ds, _ = mysql_user()
     ctx = make_ctx(tmp_path, ds)
-    plugin.create(ctx, {"sql": "SELECT SLEEP(30); SELECT 'never'"})
-    time.sleep(0.5)
+    plugin.create(ctx, {"sql": "SELECT 1 AS one; SELECT SLEEP(30); SELECT 'never'"})
+    deadline, first, cursor = time.monotonic() + 5, [], ""
+    while EOE not in first and time.monotonic() < deadline:  # statement 1's responses
+        state = plugin.get(ctx, {}, cursor)                  # show while 2 runs
+        first, cursor = first + state.responses, state.cursor
+    assert state.status == "RUNNING" and first == result(["one"], [[1]])
+    time.sleep(0.3)
     started = time.monotonic()
     plugin.delete(ctx, {})
     state, responses = poll(ctx, timeout=10)
     assert (state.status, state.message) == ("CANCELLED", "cancelled")
     assert time.monotonic() - started < 5
-    assert {"row": ["never"]} not in responses
+    assert responses[:len(first)] == first and {"row": ["never"]} not in responses
     plugin.delete(ctx, {})  # idempotent once over
     assert plugin.get(ctx, {}, "").status == "CANCELLED"

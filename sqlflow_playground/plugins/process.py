@@ -11,6 +11,7 @@ from typing import Any, Dict
 
 from .base import CANCELLED, FAILED, RUNNING, TaskContext, TaskPlugin, TaskState, is_terminal
 from .output import read_lines
+from . import process_runner
 from .process_runner import kill_group, write_status
 
 # The command gets a clean environment, never the server's (which may hold secrets).
@@ -71,7 +72,7 @@ class ProcessPlugin(TaskPlugin):
         with open(os.path.join(ctx.workdir, "spec_env.json"), "w") as fh:
             json.dump(env, fh)
         runner = subprocess.Popen(
-            [sys.executable, "-m", "sqlflow_playground.plugins.process_runner", ctx.workdir,
+            [sys.executable, "-S", "-E", process_runner.__file__, ctx.workdir,
              str(spec.get("timeout_s", 0)), "--", *spec["command"]],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)

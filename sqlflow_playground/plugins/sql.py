@@ -46,6 +46,14 @@ class _Failed(Exception):
     """The job fails with this message (the database's own, with where it failed)."""
 
 
+def _quietly(fn: Callable[[], None]) -> None:
+    """Best effort: the statement or connection may have ended meanwhile."""
+    try:
+        fn()
+    except Exception as e:
+        log.debug("sql job: %s failed: %s", getattr(fn, "__name__", "call"), type(e).__name__)
+
+
 class _Worker:
     """An in-process worker: its cancel signal, completion, and how to interrupt it."""
 
@@ -65,10 +73,7 @@ class _Worker:
     def interrupt(self) -> None:
         with self._lock:
             if self._interrupt is not None:
-                try:
-                    self._interrupt()
-                except Exception as e:  # the statement may have ended meanwhile
-                    log.debug("sql job: interrupt failed: %s", type(e).__name__)
+                _quietly(self._interrupt)
 
 
 _workers: Dict[str, _Worker] = {}  # workdir -> the worker this process runs for it
@@ -158,16 +163,9 @@ class _Session:
         end before a cursor (or the result, when collected) can go, so first have the
         server end the statement; what is already on the way is then read quickly."""
         if stop:
-            try:
-                self.interrupt()
-            except Exception as e:
-                log.debug("sql job: cannot stop the statement: %s", type(e).__name__)
-        try:
-            self.cursor.close()
-        except DB_ERRORS:
-            pass  # e.g. the stopped statement's "interrupted" error
-        finally:
-            self.conn.close()
+            _quietly(self.interrupt)
+        _quietly(self.cursor.close)  # may raise the stopped statement's error
+        self.conn.close()
 
 
 def _write_status(workdir: str, status: str, message: str, outputs: Dict[str, Any]) -> None:
@@ -188,25 +186,24 @@ def _read_status(workdir: str) -> Optional[Dict[str, Any]]:
 
 def _execute(session: _Session, statement: str, out: ResponseWriter, worker: _Worker) -> int:
     """Run one statement, write its responses; the number of rows it returned."""
-    cur = session.cursor
+    cur, rows = session.cursor, 0
     cur.execute(statement)
     if cur.description is None:
         out.write({"message": f"{max(cur.rowcount, 0)} row(s) affected"})
-        out.write({"eoe": True})
-        return 0
-    out.write({"head": [column[0] for column in cur.description]})
-    rows = 0
-    while True:
-        batch = cur.fetchmany(BATCH_ROWS)
-        for row in batch:
-            out.write({"row": [json_safe(v) for v in row]})
-        out.flush()  # a polling reader sees these rows while the query still runs
-        rows += len(batch)
-        if not batch:
-            break
-        if worker.cancelled():
-            raise _Cancelled()
+    else:
+        out.write({"head": [column[0] for column in cur.description]})
+        while True:
+            batch = cur.fetchmany(BATCH_ROWS)
+            for row in batch:
+                out.write({"row": [json_safe(v) for v in row]})
+            out.flush()  # a polling reader sees these rows while the query still runs
+            rows += len(batch)
+            if not batch:
+                break
+            if worker.cancelled():
+                raise _Cancelled()
     out.write({"eoe": True})
+    out.flush()  # visible while the next statement runs
     return rows
 
 
@@ -231,7 +228,9 @@ def _run(workdir: str, src: Dict[str, Any], statements: List[str], out: Response
                     if worker.cancelled():
                         raise _Cancelled() from None
                     raise _Failed(f"statement {i} of {n} failed: {_reason(e)}") from None
-            if worker.cancelled():  # e.g. a killed SLEEP() that returned normally
+            # Asked to stop before the end: a statement may have been killed without an
+            # error (SLEEP() returns 1), so its results cannot be trusted.
+            if worker.cancelled():
                 raise _Cancelled()
             status, outputs = SUCCEEDED, {"statements": n, "rows": rows}
         finally:
@@ -242,7 +241,7 @@ def _run(workdir: str, src: Dict[str, Any], statements: List[str], out: Response
     except _Failed as e:
         message = str(e)
     except Exception:
-        log.exception("sql job in %s crashed", workdir)
+        log.exception("sql job crashed")
         message = "internal error while running the SQL job"
     finally:
         try:
