@@ -1,4 +1,5 @@
 """Asynchronous `process` jobs as a notebook user sees them: submit, fetch, cancel."""
+import os
 import random
 import statistics
 import subprocess
@@ -270,3 +271,35 @@ def test_plugin_door_creates_polls_and_deletes(alice):
     assert alice("DELETE", f"/plugins/v1/process/v1/{job_id}").body["job_state"] == "CANCELLED"
     # The same job through the other door:
     assert alice("GET", f"/api/jobs/{job_id}").body["status"] == "CANCELLED"
+
+
+def test_quota_for_the_whole_server_returns_429(make_server, fetch_as):
+    server = make_server(enable_process_jobs=True, max_jobs=1)
+    alice, bob = fetch_as("alice", server.port), fetch_as("bob", server.port)
+    token = submit(alice, [PY, "-c", "import time; time.sleep(60)"])
+    over = bob("POST", "/api/jobs", {"task_type": "process", "spec": {"command": ["true"]}})
+    assert over.status == 429 and "max_jobs=1" in over.body["error"]["message"]
+    alice("DELETE", f"/api/jobs/{token}")
+
+
+def test_finished_job_that_nobody_fetched_frees_its_quota_slot(make_server, fetch_as):
+    server = make_server(enable_process_jobs=True, max_jobs_per_user=1)
+    alice = fetch_as("alice", server.port)
+    first = submit(alice, ["/bin/echo", "done"])
+    status_file = os.path.join(server.gateway.jobs._workdir(first), "status.json")
+    deadline = time.monotonic() + 10
+    while not os.path.exists(status_file) and time.monotonic() < deadline:
+        time.sleep(0.02)  # finished on disk; the store still says RUNNING
+    assert submit(alice, ["/bin/echo", "second"])  # the first no longer counts
+
+
+def test_finished_jobs_and_their_output_are_purged_after_job_ttl(make_server, fetch_as):
+    server = make_server(enable_process_jobs=True, job_ttl_s=0.2)
+    alice = fetch_as("alice", server.port)
+    token = submit(alice, ["/bin/echo", "bye"])
+    fetch_until_eof(alice, token)
+    workdir = server.gateway.jobs._workdir(token)
+    time.sleep(0.3)
+    server.call(server.gateway.jobs.reap())
+    assert alice("GET", f"/api/jobs/{token}").status == 404
+    assert not os.path.exists(workdir)
