@@ -9,6 +9,7 @@ import re
 import ssl
 import subprocess
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, Optional, Tuple
@@ -179,6 +180,19 @@ def fetch_as(certs, server):
             return request(port or server.port, ctx, method, path, body, **kw)
         return fetch
     return as_user
+
+
+def fetch_until_eof(fetch, token, cursor="", wait=5, timeout=60):
+    """Every response from ``cursor`` to the end, as (last body, responses, [(cursor, n)])."""
+    responses, marks, deadline = [], [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        marks.append((cursor, len(responses)))
+        body = fetch("GET", f"/api/jobs/{token}?since={cursor}&wait={wait}").body
+        responses += body["responses"]
+        cursor = body["next"]
+        if body["eof"]:
+            return body, responses, marks
+    raise AssertionError("job did not finish")
 
 
 # -- MariaDB ---------------------------------------------------------------------

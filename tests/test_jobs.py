@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from conftest import fetch_until_eof
+
 PY = sys.executable
 
 
@@ -42,19 +44,6 @@ def submit(fetch, command, **extra):
     assert resp.status == 201, resp.body
     assert resp.body["status"] == "RUNNING"
     return resp.body["token"]
-
-
-def fetch_until_eof(fetch, token, cursor="", wait=5, timeout=60):
-    """Every response from ``cursor`` to the end, as (last body, responses, [(cursor, n)])."""
-    responses, marks, deadline = [], [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        marks.append((cursor, len(responses)))
-        body = fetch("GET", f"/api/jobs/{token}?since={cursor}&wait={wait}").body
-        responses += body["responses"]
-        cursor = body["next"]
-        if body["eof"]:
-            return body, responses, marks
-    raise AssertionError("job did not finish")
 
 
 def messages(responses):

@@ -6,6 +6,7 @@ import time
 import pytest
 from sqlflow_playground_hello import HelloPlugin
 
+from conftest import fetch_until_eof
 from sqlflow_playground.blocking import BlockingRunner
 from sqlflow_playground.plugins import SUCCEEDED, TaskPlugin, TaskState, run_local
 from sqlflow_playground.plugins.registry import PluginRegistry, discovered_plugins
@@ -26,13 +27,7 @@ def test_example_plugin_runs_through_the_jobs_door(fetch_as):
     created = alice("POST", "/api/jobs", {"task_type": "hello",
                                           "spec": {"name": "Ada", "times": 3, "interval_s": 0.05}})
     assert created.status == 201
-    token, cursor, responses = created.body["token"], "", []
-    for _ in range(100):
-        body = alice("GET", f"/api/jobs/{token}?since={cursor}&wait=5").body
-        responses += body["responses"]
-        cursor = body["next"]
-        if body["eof"]:
-            break
+    body, responses, _ = fetch_until_eof(alice, created.body["token"])
     assert body["status"] == SUCCEEDED and body["outputs"] == {"greetings": 3}
     assert [r["message"] for r in responses] == [f"hello, Ada ({i}/3)" for i in (1, 2, 3)]
 

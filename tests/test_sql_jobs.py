@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 
-from conftest import DATA_SOURCE_RE
+from conftest import DATA_SOURCE_RE, fetch_until_eof
 
 
 def run_sql(fetch, sql, user_id=None):
@@ -12,14 +12,8 @@ def run_sql(fetch, sql, user_id=None):
         body["user_id"] = user_id
     created = fetch("POST", "/api/jobs", body)
     assert created.status == 201, created.body
-    token, cursor, responses = created.body["token"], "", []
-    for _ in range(200):
-        page = fetch("GET", f"/api/jobs/{token}?since={cursor}&wait=10").body
-        responses += page["responses"]
-        cursor = page["next"]
-        if page["eof"]:
-            return page, responses
-    raise AssertionError("sql job did not finish")
+    page, responses, _ = fetch_until_eof(fetch, created.body["token"])
+    return page, responses
 
 
 SCRIPT = """CREATE TABLE iris (id INT PRIMARY KEY, species VARCHAR(40), petal DECIMAL(4,2));
