@@ -99,10 +99,6 @@ class ServerProcess:
         self.proc: Optional[subprocess.Popen] = None
         self.port = 0
 
-    @property
-    def pinned(self) -> bool:
-        return bool(pin_command(self.core))
-
     def start(self, timeout_s: float = 30.0) -> int:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = pin_command(self.core) + [
