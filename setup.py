@@ -15,10 +15,12 @@ setup(
         "pymysql>=1.0",
         "pyyaml>=5.4",
         "jsonschema>=4.0",
+        "kubernetes>=28",
     ],
     extras_require={
         "test": [
             "cryptography>=42",
+            "kubernetes-validate>=1.28",
             "pytest>=7",
             "pytest-tornado>=0.8",
         ],
