@@ -35,11 +35,17 @@ class Config:
     state_dir: str = _opt("sqlflow_playground_state", "directory for the store and sqlite databases")
     db_url: Optional[str] = _opt(
         None, "SQLAlchemy URL of the state store (default: sqlite file in --state_dir)")
-    provisioner: str = _opt("sqlite", "per-user database backend", choices=("sqlite", "mysql"))
+    provisioner: str = _opt("sqlite", "per-user database backend",
+                            choices=("sqlite", "mysql", "kubernetes"))
     mysql_dsn: Optional[str] = _opt(
         None, "admin DSN of an existing MySQL/MariaDB server, e.g. mysql://root:pw@127.0.0.1:3306")
     mysql_public_host: Optional[str] = _opt(
         None, "HOST[:PORT] written into data sources when clients reach MySQL under another name")
+    kubeconfig: Optional[str] = _opt(
+        None, "kubeconfig file for the Kubernetes backends (default: in-cluster, then ~/.kube)")
+    namespace: str = _opt("default", "Kubernetes namespace of the objects the server manages")
+    mysql_image: str = _opt("mariadb:10.11", "image of the per-user MySQL pods")
+    provision_timeout_s: float = _opt(180.0, "how long a MySQL pod may take to become ready")
     idle_timeout_s: float = _opt(3600.0, "release a user's database after this long without a heart beat")
     reap_interval_s: float = _opt(60.0, "how often the idle reaper runs")
     heartbeat_flush_s: float = _opt(1.0, "how often buffered heart beats are written to the store")

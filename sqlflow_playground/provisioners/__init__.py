@@ -17,6 +17,11 @@ def make_provisioner(config: Config, runner: BlockingRunner) -> Provisioner:
             return MysqlProvisioner(runner, config.mysql_dsn, config.mysql_public_host)
         except ValueError as e:
             raise ConfigError(str(e)) from e
+    if config.provisioner == "kubernetes":
+        from ..k8s.cluster import Cluster
+        from .kubernetes import KubernetesProvisioner
+        return KubernetesProvisioner(runner, Cluster(config.namespace, config.kubeconfig),
+                                     config.mysql_image, config.provision_timeout_s)
     raise ConfigError(f"unknown provisioner {config.provisioner!r}")
 
 
