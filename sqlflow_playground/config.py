@@ -51,6 +51,8 @@ class Config:
     heartbeat_flush_s: float = _opt(1.0, "how often buffered heart beats are written to the store")
     enable_process_jobs: bool = _opt(
         False, "allow the 'process' task type (runs commands on this host as this user)")
+    enable_pod_jobs: bool = _opt(
+        False, "allow the 'pod' task type (needs a cluster: --kubeconfig or in-cluster)")
     fetch_timeout_s: float = _opt(600.0, "cancel a job not fetched for this long (default per job)")
     job_ttl_s: float = _opt(86400.0, "purge finished jobs and their output after this long")
     max_jobs_per_user: int = _opt(8, "unfinished jobs one user may have")

@@ -90,10 +90,11 @@ class JobService:
                                   message=f"could not start: {type(e).__name__}: {e}",
                                   finished_at=self.clock())
             return {"token": token, "status": FAILED}
-        await self.runner.run(self.store.update_job, token, meta=meta, status=RUNNING,
-                              started_at=self.clock())
+        await self.runner.run(self.store.update_job, token, meta=meta)
+        job = await self.runner.run(self.store.get_job, token)
+        job, _ = await self._observe(job, "", 0)  # PENDING until the plugin says RUNNING
         log.info("job %s… %s/%s submitted by %s", token[:8], task_type, version, user_id)
-        return {"token": token, "status": RUNNING}
+        return {"token": token, "status": job["status"]}
 
     async def fetch(self, viewer: Identity, token: str, since: str = "",
                     wait: float = 0.0) -> Dict[str, Any]:

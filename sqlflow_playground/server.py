@@ -14,6 +14,7 @@ from tornado.ioloop import PeriodicCallback
 
 from .blocking import BlockingRunner
 from .config import Config, ConfigError
+from .errors import Unavailable
 from .handlers import NotFoundHandler, all_handlers
 from .jobs import JobService, JobSettings
 from .playground import PlaygroundService
@@ -55,10 +56,15 @@ class Gateway:
         self.config = config
         self.runner = BlockingRunner(config.executor_threads)
         self.store = Store(config.store_url)
-        self.provisioner = provisioner or make_provisioner(config, self.runner)
+        self.cluster = None
+        if config.provisioner == "kubernetes" or config.enable_pod_jobs:
+            from .k8s.cluster import Cluster  # the kubernetes client loads only when needed
+            self.cluster = Cluster(config.namespace, config.kubeconfig)
+        self.provisioner = provisioner or make_provisioner(config, self.runner, self.cluster)
         self.playground = PlaygroundService(self.store, self.provisioner, self.runner,
                                             config.idle_timeout_s)
-        self.registry = PluginRegistry(self.runner, builtin_plugins(config.enable_process_jobs))
+        self.registry = PluginRegistry(
+            self.runner, builtin_plugins(config.enable_process_jobs, self.cluster))
         for plugin in discovered_plugins():
             try:
                 self.registry.register(plugin)
@@ -85,6 +91,11 @@ class Gateway:
 
     async def start(self) -> None:
         await self.provisioner.check()
+        if self.cluster is not None:
+            try:
+                await self.runner.run(self.cluster.start)
+            except Exception as e:
+                raise Unavailable(f"cannot reach the Kubernetes API: {e}") from None
         await self.jobs.recover()
         # Unbuffered request bodies are capped by the handlers; this only bounds headers.
         self.http = HTTPServer(self.app, ssl_options=self.ssl_context(), max_buffer_size=2 << 20)
@@ -148,5 +159,7 @@ class Gateway:
                 log.warning("some connections did not close within 5s")
         await self._flush()
         self.provisioner.close()
+        if self.cluster is not None:
+            self.cluster.stop()
         self.store.close()
         self.runner.shutdown()

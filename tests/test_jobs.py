@@ -42,7 +42,7 @@ def submit(fetch, command, **extra):
     spec = {"command": command, **extra.pop("spec", {})}
     resp = fetch("POST", "/api/jobs", {"task_type": "process", "spec": spec, **extra})
     assert resp.status == 201, resp.body
-    assert resp.body["status"] == "RUNNING"
+    assert resp.body["status"] in ("RUNNING", "SUCCEEDED")  # a quick one may be done already
     return resp.body["token"]
 
 

@@ -22,7 +22,7 @@ def sim(tmp_path):
 
 
 @pytest.fixture
-def k8s_server(make_server, sim):
+def k8s_server(sim, make_server):
     return make_server(provisioner="kubernetes", kubeconfig=sim.kubeconfig, namespace="default",
                        provision_timeout_s=10)
 

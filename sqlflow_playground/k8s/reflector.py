@@ -66,7 +66,8 @@ class ResourceReflector:
                 response.close()  # ends a blocked watch read at once
             except Exception:
                 pass
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
 
     # -- reading -----------------------------------------------------------------
 

@@ -86,12 +86,17 @@ class PluginRegistry:
         return await self.runner.run(method, *args)
 
 
-def builtin_plugins(enable_process: bool) -> List[TaskPlugin]:
+def builtin_plugins(enable_process: bool, cluster: Any = None) -> List[TaskPlugin]:
+    """The built-in task types: ``sql`` always, ``process`` if enabled, ``pod`` given a
+    ``k8s.Cluster``."""
     from .sql import SqlPlugin
     plugins: List[TaskPlugin] = [SqlPlugin()]
     if enable_process:
         from .process import ProcessPlugin
         plugins.append(ProcessPlugin())
+    if cluster is not None:
+        from .pod import PodPlugin
+        plugins.append(PodPlugin(cluster))
     return plugins
 
 

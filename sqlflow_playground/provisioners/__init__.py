@@ -4,8 +4,8 @@ from ..config import Config, ConfigError
 from .base import Provisioned, Provisioner, safe_name
 
 
-def make_provisioner(config: Config, runner: BlockingRunner) -> Provisioner:
-    """The provisioner the configuration names."""
+def make_provisioner(config: Config, runner: BlockingRunner, cluster=None) -> Provisioner:
+    """The provisioner the configuration names (``cluster``: a ``k8s.Cluster``)."""
     if config.provisioner == "sqlite":
         from .sqlite import SqliteProvisioner
         return SqliteProvisioner(runner, config.state_dir)
@@ -18,10 +18,9 @@ def make_provisioner(config: Config, runner: BlockingRunner) -> Provisioner:
         except ValueError as e:
             raise ConfigError(str(e)) from e
     if config.provisioner == "kubernetes":
-        from ..k8s.cluster import Cluster
         from .kubernetes import KubernetesProvisioner
-        return KubernetesProvisioner(runner, Cluster(config.namespace, config.kubeconfig),
-                                     config.mysql_image, config.provision_timeout_s)
+        return KubernetesProvisioner(runner, cluster, config.mysql_image,
+                                     config.provision_timeout_s)
     raise ConfigError(f"unknown provisioner {config.provisioner!r}")
 
 

@@ -128,6 +128,3 @@ class KubernetesProvisioner(Provisioner):
         delete_if_present(self.core.delete_namespaced_service, service, ns)
         delete_if_present(self.core.delete_namespaced_secret, secret, ns)
         delete_if_present(self.core.delete_namespaced_pod, pod, ns, body=background)
-
-    def close(self) -> None:
-        self.cluster.stop()

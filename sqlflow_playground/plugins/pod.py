@@ -1,0 +1,125 @@
+"""The `pod` task type: one Kubernetes Pod per job.
+
+Status comes from the shared pod cache (a watch), so polling a job costs the API server
+nothing; only the log is read from the API, incrementally (see ``k8s/logs.py``), and only
+once the pod has started.
+"""
+import time
+from typing import Any, Dict, Optional
+
+from kubernetes.client.rest import ApiException
+
+from ..errors import BadRequest, Unavailable
+from ..k8s import logs, objects
+from ..k8s.clients import create_if_missing, delete_if_present
+from ..k8s.cluster import Cluster
+from ..k8s.names import hashed_name
+from .base import (FAILED, PENDING, RUNNING, SUCCEEDED, UNKNOWN, TaskContext, TaskPlugin,
+                   TaskState)
+
+# A pod not yet in the cache this soon after creation is on its way, not lost.
+CACHE_GRACE_S = 30.0
+QUANTITIES = {"type": "object", "additionalProperties": {"type": ["string", "number"]}}
+
+
+def describe_end(pod: Dict[str, Any]) -> str:
+    """Why the pod ended: the pod's own reason (DeadlineExceeded, Evicted) first, then its
+    container's (OOMKilled, Error) with the exit code."""
+    status = pod.get("status") or {}
+    parts = [": ".join(p for p in (status.get("reason"), status.get("message")) if p)]
+    for container in status.get("containerStatuses") or []:
+        ended = (container.get("state") or {}).get("terminated")
+        if ended:
+            parts.append(f"{ended.get('reason') or 'Terminated'}, exit code {ended.get('exitCode')}")
+            break
+    return "; ".join(p for p in parts if p) or "Failed"
+
+
+def waiting_reason(pod: Dict[str, Any]) -> str:
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting")
+        if waiting and waiting.get("reason"):
+            return ": ".join(p for p in (waiting["reason"], waiting.get("message")) if p)
+    return ""
+
+
+class PodPlugin(TaskPlugin):
+    task_type = "pod"
+    version = "v1"
+    description = "Run a container image as a Kubernetes Pod in the playground cluster."
+    spec_schema = {
+        "type": "object",
+        "required": ["image"],
+        "additionalProperties": False,
+        "properties": {
+            "image": {"type": "string", "minLength": 1},
+            "command": {"type": "array", "items": {"type": "string"}},
+            "args": {"type": "array", "items": {"type": "string"}},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "resources": {"type": "object", "additionalProperties": False,
+                          "properties": {"requests": QUANTITIES, "limits": QUANTITIES}},
+            "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+        },
+    }
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+
+    def create(self, ctx: TaskContext, spec: Dict[str, Any]) -> Dict[str, Any]:
+        self.cluster.start()
+        name = hashed_name(ctx.token, "sfp-job")
+        pod = objects.make_job_pod(name, ctx.user_id, ctx.token, spec["image"],
+                                   command=spec.get("command"), args=spec.get("args"),
+                                   env=spec.get("env"), resources=spec.get("resources"),
+                                   timeout_s=spec.get("timeout_s"))
+        try:
+            create_if_missing(self.cluster.core.create_namespaced_pod, self.cluster.namespace, pod)
+        except ApiException as e:
+            raise Unavailable(f"Kubernetes refused the pod: {e.status} {e.reason}") from None
+        return {"pod": name, "namespace": self.cluster.namespace, "created": time.time()}
+
+    def get(self, ctx: TaskContext, meta: Dict[str, Any], cursor: str) -> TaskState:
+        pod = self.cluster.pods.get(meta["pod"])  # from the watch: no API call
+        if pod is None:
+            if time.time() - meta["created"] < CACHE_GRACE_S:
+                return TaskState(status=PENDING, message="waiting for the pod", cursor=cursor)
+            return TaskState(status=UNKNOWN, message="the pod is gone", cursor=cursor)
+        phase = (pod.get("status") or {}).get("phase")
+        if phase == "Running":
+            status, message = RUNNING, ""
+        elif phase == "Succeeded":
+            status, message = SUCCEEDED, "Completed, exit code 0"
+        elif phase == "Failed":
+            status, message = FAILED, describe_end(pod)
+        else:
+            status, message = PENDING, waiting_reason(pod)
+        state = TaskState(status=status, message=message, cursor=cursor)
+        if status != PENDING and ctx.max_bytes > 0:
+            self._read_log(state, meta, cursor, ctx.max_bytes, complete=status != RUNNING)
+        return state
+
+    def _read_log(self, state: TaskState, meta: Dict[str, Any], cursor: str, max_bytes: int,
+                  complete: bool) -> None:
+        try:
+            position = logs.parse_cursor(cursor)
+        except ValueError:
+            raise BadRequest(f"invalid cursor {cursor!r}") from None
+        limit = 2 * max_bytes + 65536  # room for the lines of the cursor's second we skip
+        try:
+            text = logs.read_log(self.cluster.core.api_client, meta["namespace"], meta["pod"],
+                                 position[0] if position else None, limit)
+        except ApiException as e:
+            if e.status in (400, 404):
+                return  # container not started yet, or already deleted: no log to read
+            raise
+        lines, position, more = logs.new_lines(text, position, max_bytes,
+                                               complete and len(text) < limit)
+        state.responses = [{"message": line} for line in lines]
+        state.cursor = logs.format_cursor(position)
+        state.more = more or len(text.encode()) >= limit
+
+    def delete(self, ctx: TaskContext, meta: Dict[str, Any]) -> None:
+        delete_if_present(self.cluster.core.delete_namespaced_pod, meta["pod"], meta["namespace"])
+
+    def recover(self, ctx: TaskContext, meta: Dict[str, Any]) -> Optional[str]:
+        return None  # the pod runs on in the cluster; get() follows it after a restart
