@@ -1,9 +1,11 @@
-"""The program's view of the playground cluster: API clients and the shared pod cache.
+"""The program's view of the playground cluster: API clients and the shared watch caches.
 
-One ``Cluster`` per process, shared by the kubernetes provisioner and the pod task type,
-so there is one watch of pods however many users and jobs there are.
+One ``Cluster`` per process, shared by the kubernetes provisioner and the task types, so
+there is one watch per kind (pods, batch Jobs, each custom workload kind) however many
+users and jobs there are.
 """
-from typing import Optional
+import threading
+from typing import Dict, Optional, Tuple
 
 from kubernetes import client as k8s
 
@@ -13,7 +15,7 @@ from .reflector import ResourceReflector
 
 
 class Cluster:
-    """Clients for one namespace, and a watch-fed cache of the pods the server manages."""
+    """Clients for one namespace, and watch-fed caches of the objects the server manages."""
 
     def __init__(self, namespace: str, kubeconfig: Optional[str] = None):
         self.namespace = namespace
@@ -23,11 +25,34 @@ class Cluster:
         self.custom = k8s.CustomObjectsApi(api)
         self.pods = ResourceReflector(self.core.list_namespaced_pod, namespace,
                                       managed_selector(), "pods")
+        self._workloads: Dict[Tuple[str, str, str], ResourceReflector] = {}
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         """Load the pod cache (blocking: call it through the executor)."""
         if not self.pods.first_load.is_set():
             self.pods.start()
 
+    def workloads(self, group: str, version: str, plural: str) -> ResourceReflector:
+        """The started cache of one workload kind: ``("batch", "v1", "jobs")`` or a custom
+        resource such as ``("kubeflow.org", "v1", "pytorchjobs")``. Blocking on first use."""
+        key = (group, version, plural)
+        with self._lock:
+            reflector = self._workloads.get(key)
+            if reflector is None:
+                if key == ("batch", "v1", "jobs"):
+                    list_fn = self.batch.list_namespaced_job
+                else:
+                    def list_fn(namespace, **kwargs):
+                        return self.custom.list_namespaced_custom_object(
+                            group, version, namespace, plural, **kwargs)
+                reflector = self._workloads[key] = ResourceReflector(
+                    list_fn, self.namespace, managed_selector(), plural)
+        if not reflector.first_load.is_set():
+            reflector.start()
+        return reflector
+
     def stop(self) -> None:
         self.pods.stop()
+        for reflector in list(self._workloads.values()):
+            reflector.stop()

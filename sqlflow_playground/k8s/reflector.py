@@ -53,8 +53,10 @@ class ResourceReflector:
     # -- lifecycle -------------------------------------------------------------
 
     def start(self, timeout_s: float = 30.0) -> None:
-        """Start watching; return once the first list has loaded."""
-        self._thread.start()
+        """Start watching (once, whoever calls); return once the first list has loaded."""
+        with self._lock:
+            if not self._thread.is_alive() and not self._stopping.is_set():
+                self._thread.start()
         if not self.first_load.wait(timeout_s):
             raise TimeoutError(f"could not list {self.kind} within {timeout_s:g}s")
 
