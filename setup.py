@@ -11,7 +11,7 @@ setup(
     scripts=["scripts/gen_cert.sh"],
     install_requires=[
         "tornado>=6.1",
-        "sqlalchemy>=1.4",
+        "sqlalchemy>=2.0",
         "pymysql>=1.0",
         "pyyaml>=5.4",
         "jsonschema>=4.0",

@@ -46,6 +46,8 @@ class Config:
     namespace: str = _opt("default", "Kubernetes namespace of the objects the server manages")
     mysql_image: str = _opt("mariadb:10.11", "image of the per-user MySQL pods")
     provision_timeout_s: float = _opt(180.0, "how long a MySQL pod may take to become ready")
+    reconcile_grace_s: float = _opt(
+        600.0, "leave managed cluster objects younger than this alone when reconciling")
     idle_timeout_s: float = _opt(3600.0, "release a user's database after this long without a heart beat")
     reap_interval_s: float = _opt(60.0, "how often the idle reaper runs")
     heartbeat_flush_s: float = _opt(1.0, "how often buffered heart beats are written to the store")

@@ -161,7 +161,8 @@ class JobService:
             if job["token"] in self._fetched:
                 continue  # fetched since the flush above
             await self._each(job, self._cancel(
-                job, f"cancelled: not fetched for {job['fetch_timeout_s']:g}s (fetch_timeout_s)"))
+                job, f"cancelled: not fetched for {job['fetch_timeout_s']:g}s (fetch_timeout_s)",
+                claim_first=True))
         for job in await self.runner.run(self.store.active_jobs):
             await self._each(job, self._observe(job, "", 0))
         for job in await self.runner.run(self.store.expired_jobs, now - self.settings.job_ttl_s):
@@ -229,15 +230,29 @@ class JobService:
         return await self._record(job, TaskState(status=status, message=message,
                                                  outputs=outputs or {}))
 
-    async def _cancel(self, job: Dict[str, Any], reason: str) -> Dict[str, Any]:
+    async def _cancel(self, job: Dict[str, Any], reason: str,
+                      claim_first: bool = False) -> Dict[str, Any]:
+        """Stop the job's work and mark it CANCELLED.
+
+        The reaper claims the job in the store first (a conditional update), so that of
+        several replicas reaping at once exactly one stops the work. A user's cancel stops
+        the work first, so that a failure to stop it is the user's error to see.
+        """
         if is_terminal(job["status"]):
             return job
+        if claim_first:
+            won = await self.runner.run(self.store.update_job, job["token"], True,
+                                        status=CANCELLED, message=reason,
+                                        finished_at=self.clock())
+            if not won:  # another replica, or the job itself, got there first
+                return await self.runner.run(self.store.get_job, job["token"])
         if job["meta"] is not None:
             plugin = self.registry.get(job["task_type"], job["version"])
             user = await self.runner.run(self.store.get_user, job["user_id"])
             ctx = self._context(job, data_source=user["data_source"] if user else None)
             await self.registry.call(plugin.delete, ctx, job["meta"])
-        job = await self._finish(job, CANCELLED, reason)
+        if not claim_first:
+            job = await self._finish(job, CANCELLED, reason)
         log.info("job %s… cancelled: %s", job["token"][:8], reason)
         return job
 

@@ -64,9 +64,11 @@ class PlaygroundService:
         async with self._locks.hold(user_id):
             user = await self.runner.run(self.store.get_user, user_id)
             if user is not None and user["status"] == READY:
-                self.heart_beat(user_id)
-                return user, False
-            if user is not None:  # a release that was interrupted: finish it first
+                if self.provisioner.is_alive(user_id, user["resource"]):
+                    self.heart_beat(user_id)
+                    return user, False
+                log.warning("the database of user %s is gone; provisioning it anew", user_id)
+            if user is not None:  # interrupted release, or vanished database: clean up first
                 await self.provisioner.release(user_id, user["resource"])
             started = self.clock()
             provisioned = await self.provisioner.provision(user_id)

@@ -74,6 +74,11 @@ class Gateway:
             state_dir=config.state_dir, fetch_timeout_s=config.fetch_timeout_s,
             job_ttl_s=config.job_ttl_s, max_jobs_per_user=config.max_jobs_per_user,
             max_jobs=config.max_jobs, fetch_page_bytes=config.fetch_page_bytes))
+        self.reconciler = None
+        if self.cluster is not None:
+            from .reconcile import ClusterReconciler
+            self.reconciler = ClusterReconciler(self.cluster, self.store, self.runner,
+                                                config.reconcile_grace_s)
         self.app = make_app(config, self.playground, self.jobs, self.registry)
         self.http: Optional[HTTPServer] = None
         self.sockets: List[socket.socket] = []
@@ -97,6 +102,7 @@ class Gateway:
             except Exception as e:
                 raise Unavailable(f"cannot reach the Kubernetes API: {e}") from None
         await self.jobs.recover()
+        await self._reconcile()
         # Unbuffered request bodies are capped by the handlers; this only bounds headers.
         self.http = HTTPServer(self.app, ssl_options=self.ssl_context(), max_buffer_size=2 << 20)
         self.sockets = tornado.netutil.bind_sockets(self.config.port, self.config.host or None)
@@ -145,6 +151,18 @@ class Gateway:
             await self.jobs.reap()
         except Exception:
             log.exception("job reaper failed; will retry")
+        await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        if self.reconciler is None:
+            return
+        try:
+            deleted = await self.reconciler.run()
+        except Exception:
+            log.exception("reconciling the cluster failed; will retry")
+            return
+        if deleted:
+            log.info("reconcile deleted %d orphaned object(s)", deleted)
 
     async def stop(self) -> None:
         """Stop accepting, close connections, save buffered heart beats, free resources."""

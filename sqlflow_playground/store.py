@@ -23,9 +23,9 @@ users = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("data_source", sa.Text, nullable=False),
     sa.Column("resource", sa.Text, nullable=False),  # JSON: the backend's names for it
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("last_seen_at", sa.Float, nullable=False),
-    sa.Column("status_changed_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("last_seen_at", sa.Double, nullable=False),
+    sa.Column("status_changed_at", sa.Double, nullable=False),
 )
 
 READY, RELEASING = "ready", "releasing"
@@ -42,11 +42,11 @@ jobs = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, index=True),
     sa.Column("message", sa.Text, nullable=False, default=""),
     sa.Column("outputs", sa.Text),  # JSON, once finished
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("started_at", sa.Float),
-    sa.Column("finished_at", sa.Float),
-    sa.Column("last_fetched_at", sa.Float, nullable=False),
-    sa.Column("fetch_timeout_s", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("started_at", sa.Double),
+    sa.Column("finished_at", sa.Double),
+    sa.Column("last_fetched_at", sa.Double, nullable=False),
+    sa.Column("fetch_timeout_s", sa.Double, nullable=False),
 )
 
 ACTIVE = ("PENDING", "RUNNING")
@@ -234,6 +234,10 @@ class Store:
             jobs.c.finished_at < finished_before)
         with self.engine.connect() as conn:
             return [_job(r) for r in conn.execute(stmt)]
+
+    def job_tokens(self) -> List[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(jobs.c.token)).scalars())
 
     def delete_job(self, token: str) -> None:
         with self.engine.begin() as conn:

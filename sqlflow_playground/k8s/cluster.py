@@ -52,6 +52,11 @@ class Cluster:
             reflector.start()
         return reflector
 
+    def workload_caches(self) -> Dict[Tuple[str, str, str], ResourceReflector]:
+        """The workload caches started so far, by (group, version, plural)."""
+        with self._lock:
+            return dict(self._workloads)
+
     def stop(self) -> None:
         self.pods.stop()
         for reflector in list(self._workloads.values()):

@@ -95,8 +95,10 @@ def builtin_plugins(enable_process: bool, cluster: Any = None) -> List[TaskPlugi
         from .process import ProcessPlugin
         plugins.append(ProcessPlugin())
     if cluster is not None:
+        from .k8s_job import K8sJobPlugin
         from .pod import PodPlugin
         plugins.append(PodPlugin(cluster))
+        plugins.append(K8sJobPlugin(cluster))
     return plugins
 
 

@@ -37,6 +37,11 @@ class Provisioner(abc.ABC):
     async def release(self, user_id: str, resource: Dict[str, Any]) -> None:
         """Drop the user's database and credentials."""
 
+    def is_alive(self, user_id: str, resource: Dict[str, Any]) -> bool:
+        """False when the database is known to be gone behind our back (a deleted pod), so
+        the next ``create_db`` provisions it anew. Must be cheap: no I/O."""
+        return True
+
     async def check(self) -> None:
         """Raise ``Unavailable`` if the backend cannot be reached."""
 

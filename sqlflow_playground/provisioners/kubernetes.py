@@ -118,6 +118,9 @@ class KubernetesProvisioner(Provisioner):
             await self.release(user_id, {"pod": name, "secret": name, "service": name})
             raise Unavailable(f"the MySQL pod for {user_id!r} did not become ready: {why}")
 
+    def is_alive(self, user_id: str, resource: Dict[str, Any]) -> bool:
+        return self.pods.get(resource.get("pod", "")) is not None  # from the watch cache
+
     async def release(self, user_id: str, resource: Dict[str, Any]) -> None:
         name = dns_label(user_id, "sfp-mysql")
         await self.runner.run(self._delete_objects, resource.get("pod", name),

@@ -1,0 +1,206 @@
+"""The `k8s_job` task type: a user's workload manifest (a batch/v1 Job, a Kubeflow
+PyTorchJob, …) run in the playground's namespace — the distributed mode of the job runner.
+
+The manifest is made safe by ``objects.prepare_workload``; status comes from the shared
+watch cache of its kind and the log lines from the pods carrying the job's label (pod
+cache), read incrementally per pod, so polling a job never GETs the workload.
+"""
+import base64
+import contextlib
+import json
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+
+from ..errors import BadRequest, Unavailable, Unprocessable
+from ..k8s import logs, objects
+from ..k8s.clients import delete_if_present
+from ..k8s.cluster import Cluster
+from ..k8s.names import JOB_LABEL, label_value
+from .base import (FAILED, PENDING, RUNNING, SUCCEEDED, UNKNOWN, TaskContext, TaskPlugin,
+                   TaskState, is_terminal)
+from .pod import CACHE_GRACE_S
+
+BATCH = ("batch", "v1", "jobs")
+SUCCESS = {"Complete", "SuccessCriteriaMet", "Succeeded"}   # batch/v1 and Kubeflow
+FAILURE = {"Failed", "FailureTarget"}
+ACTIVE = {"Running", "Restarting"}
+POD_DONE = ("Succeeded", "Failed")
+PodCursors = Dict[str, List[Any]]  # pod name -> [log cursor, 1 once its log was read whole]
+
+
+def api_message(e: ApiException) -> str:
+    """The message of the ``Status`` the API server answered with, else its reason."""
+    try:
+        return json.loads(e.body)["message"]
+    except Exception:
+        return f"{e.status} {e.reason}"
+
+
+def workload_status(obj: Dict[str, Any]) -> Tuple[str, str]:
+    """(status, message) from a workload's ``status``: a terminal condition that holds
+    wins, else the latest condition that holds, or active pods, says it is running."""
+    status = obj.get("status") or {}
+    holding = [c for c in status.get("conditions") or [] if c.get("status") == "True"]
+    for condition in reversed(holding):
+        why = ": ".join(p for p in (condition.get("reason"), condition.get("message")) if p)
+        if condition.get("type") in SUCCESS:
+            return SUCCEEDED, why
+        if condition.get("type") in FAILURE:
+            return FAILED, why or "Failed"
+    latest = holding[-1].get("type") if holding else None
+    if (status.get("active") or 0) > 0 or latest in ACTIVE:
+        return RUNNING, ""
+    return PENDING, ""
+
+
+def encode_cursor(pods: PodCursors) -> str:
+    if not pods:
+        return ""
+    raw = json.dumps(pods, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> PodCursors:
+    if not cursor:
+        return {}
+    try:
+        pods = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        for value in pods.values():
+            logs.parse_cursor(value[0])
+            if value[1] not in (0, 1):
+                raise ValueError(value)
+        return {str(name): list(value) for name, value in pods.items()}
+    except Exception:
+        raise BadRequest(f"invalid cursor {cursor!r}") from None
+
+
+class K8sJobPlugin(TaskPlugin):
+    task_type = "k8s_job"
+    version = "v1"
+    description = ("Run a Kubernetes workload manifest (a batch/v1 Job, a Kubeflow "
+                   "PyTorchJob, …) in the playground cluster; logs of all its pods.")
+    spec_schema = {
+        "type": "object",
+        "required": ["manifest"],
+        "additionalProperties": False,
+        "properties": {
+            "manifest": {"type": "object"},
+            # the resource's plural name; required for kinds other than batch/v1 Job
+            "plural": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+        },
+    }
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+
+    def create(self, ctx: TaskContext, spec: Dict[str, Any]) -> Dict[str, Any]:
+        namespace = self.cluster.namespace
+        try:
+            body = objects.prepare_workload(spec["manifest"], ctx.user_id, ctx.token, namespace)
+        except ValueError as e:
+            raise Unprocessable(f"spec['manifest']: {e}") from None
+        group, _, version = body["apiVersion"].rpartition("/")
+        if (group, version, body["kind"]) == ("batch", "v1", "Job"):
+            plural = "jobs"
+        elif spec.get("plural"):
+            plural = spec["plural"]
+        else:
+            raise Unprocessable(f"spec['plural']: needed for {body['apiVersion']} {body['kind']}"
+                                " (the resource's plural name, e.g. 'pytorchjobs')")
+        meta = {"group": group, "version": version, "plural": plural,
+                "name": body["metadata"]["name"], "namespace": namespace}
+        try:
+            if (group, version, plural) == BATCH:
+                self.cluster.batch.create_namespaced_job(namespace, body)
+            else:
+                self.cluster.custom.create_namespaced_custom_object(
+                    group, version, namespace, plural, body)
+        except ApiException as e:
+            if 400 <= e.status < 500:
+                raise Unprocessable(f"Kubernetes refused the workload: {api_message(e)}") from None
+            raise Unavailable(f"Kubernetes refused the workload: {e.status} {e.reason}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise Unavailable(f"cannot reach Kubernetes: {e}") from None
+        try:  # the caches get() reads; started only now, once the kind is known to exist
+            self.cluster.workloads(group, version, plural)
+            self.cluster.start()
+        except Exception as e:
+            with contextlib.suppress(Exception):
+                self.delete(ctx, meta)
+            raise Unavailable(f"cannot watch {plural}: {type(e).__name__}: {e}") from None
+        return {**meta, "created": time.time()}
+
+    def get(self, ctx: TaskContext, meta: Dict[str, Any], cursor: str) -> TaskState:
+        # Status first: when it is terminal, every pod has ended and their logs are whole.
+        cache = self.cluster.workloads(meta["group"], meta["version"], meta["plural"])
+        obj = cache.get(meta["name"])  # from the watch: no API call
+        if obj is None:
+            if time.time() - meta["created"] < CACHE_GRACE_S:
+                status, message = PENDING, "waiting for the workload"
+            else:
+                status, message = UNKNOWN, "the workload is gone"
+        else:
+            status, message = workload_status(obj)
+        state = TaskState(status=status, message=message, cursor=cursor)
+        if ctx.max_bytes > 0:
+            self._read_logs(state, ctx, meta, is_terminal(status))
+        return state
+
+    def _read_logs(self, state: TaskState, ctx: TaskContext, meta: Dict[str, Any],
+                   ended: bool) -> None:
+        """Append the new lines of every started pod of the job, ``[pod] ``-prefixed, oldest
+        pod first, up to about ``ctx.max_bytes``; ``state.cursor`` holds one cursor per pod."""
+        positions = decode_cursor(state.cursor)
+        job = label_value(ctx.token)
+        pods = sorted((p for p in self.cluster.pods.objects.values()
+                       if (p["metadata"].get("labels") or {}).get(JOB_LABEL) == job),
+                      key=lambda p: (p["metadata"].get("creationTimestamp") or "",
+                                     p["metadata"]["name"]))
+        budget, more = ctx.max_bytes, False
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            phase = (pod.get("status") or {}).get("phase")
+            position, done = positions.get(name, ["", 0])
+            if done or (phase in (None, "Pending") and not ended):
+                continue  # read whole already, or not started: nothing to ask
+            if budget <= 0:
+                more = True
+                break
+            limit = 2 * budget + 65536  # room for the lines of the cursor's second we skip
+            try:
+                text = logs.read_log(self.cluster.core.api_client, meta["namespace"], name,
+                                     logs.parse_cursor(position)[0] if position else None, limit)
+            except ApiException as e:
+                if e.status in (400, 404):
+                    continue  # container not started yet, or already deleted
+                raise
+            whole = len(text.encode()) < limit
+            lines, last, cut = logs.new_lines(text, logs.parse_cursor(position), budget,
+                                              (ended or phase in POD_DONE) and whole)
+            state.responses += [{"message": f"[{name}] {line}"} for line in lines]
+            budget -= sum(len(line.encode()) + len(name) + 4 for line in lines)
+            finished = phase in POD_DONE and whole and not cut
+            positions[name] = [logs.format_cursor(last), 1 if finished else 0]
+            if cut or not whole:
+                more = True
+                break
+        state.cursor = encode_cursor(positions)
+        state.more = more
+
+    def delete(self, ctx: TaskContext, meta: Dict[str, Any]) -> None:
+        """Delete the workload and, first, its pods (``Foreground``); gone already is fine."""
+        if (meta["group"], meta["version"], meta["plural"]) == BATCH:
+            delete_if_present(self.cluster.batch.delete_namespaced_job, meta["name"],
+                              meta["namespace"],
+                              body=k8s.V1DeleteOptions(propagation_policy="Foreground"))
+        else:
+            delete_if_present(self.cluster.custom.delete_namespaced_custom_object,
+                              meta["group"], meta["version"], meta["namespace"], meta["plural"],
+                              meta["name"], body={"propagationPolicy": "Foreground"})
+
+    def recover(self, ctx: TaskContext, meta: Dict[str, Any]) -> Optional[str]:
+        return None  # the workload runs on in the cluster; get() follows it after a restart
