@@ -6,14 +6,16 @@ import time
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple
 
 from .blocking import BlockingRunner
-from .errors import NotFound
+from .errors import NotFound, Unavailable
 from .provisioners import Provisioner
-from .store import READY, Store
+from .store import PROVISIONING, READY, Store
 
 log = logging.getLogger(__name__)
 
 # A release claimed by a replica that then died is taken over after this long.
 STALE_RELEASE_S = 300.0
+# How long create_db waits for another replica provisioning the same user.
+PROVISION_WAIT_S = 600.0
 
 
 class KeyedLocks:
@@ -60,24 +62,50 @@ class PlaygroundService:
     # -- requests ------------------------------------------------------------
 
     async def create_db(self, user_id: str) -> Tuple[Dict[str, Any], bool]:
-        """The user's database, provisioned now if needed. Returns (user, created_now)."""
+        """The user's database, provisioned now if needed. Returns (user, created_now).
+
+        Within a process, calls for one user queue on a lock; across replicas, the store
+        row claimed by ``begin_provisioning`` makes exactly one replica provision while the
+        others wait for its result.
+        """
         async with self._locks.hold(user_id):
-            user = await self.runner.run(self.store.get_user, user_id)
-            if user is not None and user["status"] == READY:
-                if self.provisioner.is_alive(user_id, user["resource"]):
-                    self.heart_beat(user_id)
-                    return user, False
-                log.warning("the database of user %s is gone; provisioning it anew", user_id)
-            if user is not None:  # interrupted release, or vanished database: clean up first
-                await self.provisioner.release(user_id, user["resource"])
-            started = self.clock()
+            deadline = time.monotonic() + PROVISION_WAIT_S
+            while True:
+                user = await self.runner.run(self.store.get_user, user_id)
+                if user is not None and user["status"] == READY:
+                    if self.provisioner.is_alive(user_id, user["resource"]):
+                        self.heart_beat(user_id)
+                        return user, False
+                    log.warning("the database of user %s is gone; provisioning it anew", user_id)
+                if user is not None and user["status"] != PROVISIONING:
+                    # Vanished, or a release that was interrupted: finish the release first.
+                    claimed = await self.runner.run(self.store.claim_for_release, user_id, None,
+                                                    self.clock() - STALE_RELEASE_S)
+                    if claimed is not None:
+                        await self._release(claimed, "cleared before provisioning anew")
+                        continue
+                elif await self.runner.run(self.store.begin_provisioning, user_id,
+                                           self.provisioner.name, self.clock(),
+                                           self.clock() - STALE_RELEASE_S):
+                    return await self._provision(user_id), True
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"the database of {user_id!r} is still being prepared "
+                                      "by another server; try again shortly")
+                await asyncio.sleep(0.2)  # another replica is at work on this user
+
+    async def _provision(self, user_id: str) -> Dict[str, Any]:
+        started = self.clock()
+        try:
             provisioned = await self.provisioner.provision(user_id)
-            user = await self.runner.run(
-                self.store.save_user, user_id, self.provisioner.name,
-                provisioned.data_source, provisioned.resource, self.clock())
-            log.info("provisioned a %s database for user %s in %.2fs",
-                     self.provisioner.name, user_id, self.clock() - started)
-            return user, True
+        except BaseException:
+            await self.runner.run(self.store.delete_user, user_id)  # let the next try start
+            raise
+        user = await self.runner.run(
+            self.store.save_user, user_id, self.provisioner.name, provisioned.data_source,
+            provisioned.resource, self.clock())
+        log.info("provisioned a %s database for user %s in %.2fs",
+                 self.provisioner.name, user_id, self.clock() - started)
+        return user
 
     def heart_beat(self, user_id: str) -> None:
         """Record that the user is alive. Costs a dict write; no I/O."""

@@ -19,7 +19,7 @@ users = sa.Table(
     metadata,
     sa.Column("user_id", sa.String(64), primary_key=True),
     sa.Column("provisioner", sa.String(32), nullable=False),
-    # ready: the database exists; releasing: someone has claimed it for release.
+    # provisioning: a replica is creating it; ready: it exists; releasing: being dropped.
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("data_source", sa.Text, nullable=False),
     sa.Column("resource", sa.Text, nullable=False),  # JSON: the backend's names for it
@@ -28,7 +28,7 @@ users = sa.Table(
     sa.Column("status_changed_at", sa.Double, nullable=False),
 )
 
-READY, RELEASING = "ready", "releasing"
+PROVISIONING, READY, RELEASING = "provisioning", "ready", "releasing"
 
 jobs = sa.Table(
     "jobs",
@@ -121,6 +121,27 @@ class Store:
             conn.execute(users.delete().where(users.c.user_id == user_id))
             conn.execute(users.insert().values(**values))
         return {**values, "resource": resource}
+
+    def begin_provisioning(self, user_id: str, provisioner: str, now: float,
+                           stale_before: float) -> bool:
+        """Claim the right to provision ``user_id``: True for exactly one caller across all
+        replicas (the row's primary key decides), or for whoever takes over a claim
+        abandoned before ``stale_before``."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(users.insert().values(
+                    user_id=user_id, provisioner=provisioner, status=PROVISIONING,
+                    data_source="", resource="{}", created_at=now, last_seen_at=now,
+                    status_changed_at=now))
+            return True
+        except sa.exc.IntegrityError:
+            pass
+        with self.engine.begin() as conn:
+            return conn.execute(
+                users.update().where(users.c.user_id == user_id)
+                .where(users.c.status == PROVISIONING)
+                .where(users.c.status_changed_at < stale_before)
+                .values(status_changed_at=now)).rowcount == 1
 
     def touch_users(self, seen: Dict[str, float]) -> None:
         """Move ``last_seen_at`` forward for many users in one transaction."""

@@ -78,6 +78,24 @@ def decode_cursor(cursor: str) -> PodCursors:
         raise BadRequest(f"invalid cursor {cursor!r}") from None
 
 
+def prefixed_page(text: str, position: Optional[logs.Cursor], budget: int, complete: bool,
+                  pod: str) -> Tuple[List[str], Optional[logs.Cursor], bool]:
+    """``logs.new_lines`` whose page, once every line gets ``[pod] `` in front, still fits
+    ``budget`` (but holds a line at least)."""
+    lines, last, cut = logs.new_lines(text, position, budget, complete)
+    extra, size, fit = len(pod) + 3, 0, 0
+    for line in lines:
+        size += len(line) + 1 + extra
+        if size > budget:
+            break
+        fit += 1
+    if fit < len(lines):
+        raw = sum(len(line) + 1 for line in lines[:max(fit, 1)])
+        lines, last, _ = logs.new_lines(text, position, raw, complete)
+        cut = True
+    return lines, last, cut
+
+
 class K8sJobPlugin(TaskPlugin):
     task_type = "k8s_job"
     version = "v1"
@@ -179,10 +197,10 @@ class K8sJobPlugin(TaskPlugin):
                     continue  # container not started yet, or already deleted
                 raise
             whole = len(text.encode()) < limit
-            lines, last, cut = logs.new_lines(text, logs.parse_cursor(position), budget,
-                                              (ended or phase in POD_DONE) and whole)
+            lines, last, cut = prefixed_page(text, logs.parse_cursor(position), budget,
+                                             (ended or phase in POD_DONE) and whole, name)
             state.responses += [{"message": f"[{name}] {line}"} for line in lines]
-            budget -= sum(len(line.encode()) + len(name) + 4 for line in lines)
+            budget -= sum(len(line) + len(name) + 4 for line in lines)
             finished = phase in POD_DONE and whole and not cut
             positions[name] = [logs.format_cursor(last), 1 if finished else 0]
             if cut or not whole:

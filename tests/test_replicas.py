@@ -1,0 +1,94 @@
+"""Two replicas sharing one store (MariaDB) and one cluster, as in production."""
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+from k8s_sim import running_simulator
+
+from conftest import admin_connect, client_context, request
+from sqlflow_playground.k8s.clients import close_shared_clients
+
+PY = sys.executable
+
+
+@pytest.fixture
+def sim(tmp_path):
+    with running_simulator() as simulator:
+        simulator.kubeconfig = str(simulator.write_kubeconfig(tmp_path / "kubeconfig"))
+        yield simulator
+    close_shared_clients()
+
+
+@pytest.fixture
+def store_url(mariadb):
+    name = "sfp_store_" + uuid.uuid4().hex[:10]
+    with admin_connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    yield f"mysql://root@127.0.0.1:3306/{name}"
+    with admin_connect() as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture
+def replicas(sim, store_url, make_server, tmp_path):
+    return [make_server(db_url=store_url, state_dir=str(tmp_path / f"replica{i}"),
+                        provisioner="kubernetes", enable_pod_jobs=True,
+                        kubeconfig=sim.kubeconfig, namespace="default", provision_timeout_s=10,
+                        reconcile_grace_s=0) for i in range(2)]
+
+
+def test_a_job_created_through_one_replica_is_fetched_and_cancelled_through_the_other(
+        replicas, certs):
+    a, b = replicas
+    alice = client_context(certs.dir, "alice")
+    token = request(a.port, alice, "POST", "/api/jobs", {"task_type": "pod", "spec": {
+        "image": "img", "command": [PY, "-c", "print('hi', flush=True); import time; "
+                                               "time.sleep(60)"]}}).body["token"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        body = request(b.port, alice, "GET", f"/api/jobs/{token}?wait=5").body
+        if body["responses"]:
+            break
+    assert body["status"] == "RUNNING" and body["responses"] == [{"message": "hi"}]
+    assert request(b.port, alice, "DELETE", f"/api/jobs/{token}").body["status"] == "CANCELLED"
+    assert request(a.port, alice, "GET", f"/api/jobs/{token}").body["status"] == "CANCELLED"
+
+
+def test_concurrent_create_db_on_both_replicas_yields_one_database(replicas, sim, certs):
+    front = client_context(certs.dir, "front")
+    results = []
+
+    def create(server):
+        results.append(request(server.port, front, "POST", "/api/create_db",
+                               {"user_id": "carol"}))
+    threads = [threading.Thread(target=create, args=(s,)) for s in replicas * 5]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [r.status for r in results] == [200] * 10, [r.body for r in results]
+    assert len({r.body["data_source"] for r in results}) == 1
+    assert sum(r.body["created"] for r in results) == 1
+    assert len(sim.list_objects("", "v1", "pods", "default")) == 1
+
+
+def test_reapers_on_both_replicas_cancel_an_abandoned_job_once(replicas, sim, certs):
+    a, b = replicas
+    alice = client_context(certs.dir, "alice")
+    token = request(a.port, alice, "POST", "/api/jobs", {
+        "task_type": "pod", "fetch_timeout_s": 0.3,
+        "spec": {"image": "img", "command": [PY, "-c", "import time; time.sleep(60)"]}}
+    ).body["token"]
+    pod = sim.list_objects("", "v1", "pods", "default")[0]["metadata"]["name"]
+    time.sleep(0.5)
+    sim.reset_counts()
+    reaps = [threading.Thread(target=s.call, args=(s.gateway.jobs.reap(),)) for s in replicas]
+    for t in reaps:
+        t.start()
+    for t in reaps:
+        t.join(30)
+    assert sim.counts[("delete", "pods", pod)] == 1
+    body = request(b.port, alice, "GET", f"/api/jobs/{token}").body
+    assert body["status"] == "CANCELLED" and "not fetched" in body["message"]
