@@ -16,6 +16,7 @@ from .blocking import BlockingRunner
 from .config import Config, ConfigError
 from .errors import Unavailable
 from .handlers import NotFoundHandler, all_handlers
+from .handlers.health import make_health_app
 from .jobs import JobService, JobSettings
 from .playground import PlaygroundService
 from .plugins.registry import PluginRegistry, builtin_plugins, discovered_plugins
@@ -81,6 +82,7 @@ class Gateway:
                                                 config.reconcile_grace_s)
         self.app = make_app(config, self.playground, self.jobs, self.registry)
         self.http: Optional[HTTPServer] = None
+        self.health: Optional[HTTPServer] = None
         self.sockets: List[socket.socket] = []
         self._periodic: List[PeriodicCallback] = []
 
@@ -107,6 +109,11 @@ class Gateway:
         self.http = HTTPServer(self.app, ssl_options=self.ssl_context(), max_buffer_size=2 << 20)
         self.sockets = tornado.netutil.bind_sockets(self.config.port, self.config.host or None)
         self.http.add_sockets(self.sockets)
+        if self.config.health_port:
+            self.health = HTTPServer(make_health_app({
+                "store": lambda: self.runner.run(self.store.ping),
+                "provisioner": self.provisioner.check}))
+            self.health.listen(self.config.health_port, self.config.host or None)
         self._periodic = [
             PeriodicCallback(self._flush, self.config.heartbeat_flush_s * 1000),
             PeriodicCallback(self._reap, self.config.reap_interval_s * 1000),
@@ -168,6 +175,8 @@ class Gateway:
         """Stop accepting, close connections, save buffered heart beats, free resources."""
         for p in self._periodic:
             p.stop()
+        if self.health is not None:
+            self.health.stop()
         if self.http is not None:
             self.http.stop()
             try:

@@ -1,6 +1,11 @@
 """Heart beats, idle reaping and restarts: what happens to users over time."""
 import os
+import socket
 import time
+import urllib.error
+import urllib.request
+
+import sqlalchemy
 
 from conftest import request, client_context
 
@@ -99,3 +104,26 @@ def test_restart_keeps_users_and_data_sources(make_server, certs, tmp_path):
         assert os.path.exists(db_path(request(second.port, front, "GET", f"/api/users/{user}")))
     alice = second.gateway.store.get_user("alice")
     assert alice["last_seen_at"] > alice["created_at"]
+
+
+def test_health_port_answers_probes_and_readiness_follows_the_store(make_server):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = make_server(health_port=port)
+
+    def probe(path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+    assert probe("/healthz")[0] == 200
+    assert probe("/readyz") == (200, b'{"status": "ok", "checks": {"store": "ok", '
+                                     b'"provisioner": "ok"}}')
+    server.gateway.store.engine.dispose()
+    server.gateway.store.engine = sqlalchemy.create_engine(
+        "mysql+pymysql://nobody@127.0.0.1:1/none")  # the store becomes unreachable
+    status, body = probe("/readyz")
+    assert status == 503 and b'"store": "unavailable' in body
+    assert probe("/healthz")[0] == 200  # alive, just not ready
