@@ -33,6 +33,8 @@ class Config:
     insecure: bool = _opt(False, "serve plain HTTP without client certificates (development only)")
     frontend_certs: Tuple[str, ...] = _opt(
         (), "comma-separated certificate identities that may act for any user_id")
+    replica: str = _opt(
+        "", "this server's name among replicas sharing a store (default: the host name)")
     state_dir: str = _opt("sqlflow_playground_state", "directory for the store and sqlite databases")
     db_url: Optional[str] = _opt(
         None, "SQLAlchemy URL of the state store (default: sqlite file in --state_dir)")

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from .blocking import BlockingRunner
-from .errors import BadRequest, Conflict, NotFound, PlaygroundError, QuotaExceeded
+from .errors import (BadRequest, Conflict, NotFound, PlaygroundError, QuotaExceeded,
+                     Unavailable)
 from .identity import Identity
 from .plugins.base import (CANCELLED, FAILED, PENDING, RUNNING, STATUSES, UNKNOWN, TaskContext,
                            TaskState, is_terminal)
@@ -35,6 +36,7 @@ class JobSettings:
     max_jobs_per_user: int = 8
     max_jobs: int = 256
     fetch_page_bytes: int = 1 << 20
+    replica: str = ""  # this server's name among replicas sharing the store
 
 
 class JobService:
@@ -76,7 +78,8 @@ class JobService:
             await self.runner.run(
                 self.store.insert_job, token=token, user_id=user_id, task_type=task_type,
                 version=version, spec=spec, status=PENDING, message="", created_at=now,
-                last_fetched_at=now, fetch_timeout_s=float(timeout))
+                last_fetched_at=now, fetch_timeout_s=float(timeout),
+                replica=self.settings.replica)
         try:
             meta = await self.registry.call(plugin.create, ctx, spec)
         except PlaygroundError:
@@ -146,6 +149,8 @@ class JobService:
             except NotFound:
                 await self._finish(job, UNKNOWN, "its task type is no longer available")
                 continue
+            if plugin.runs_locally and job["replica"] != self.settings.replica:
+                continue  # another replica's job: it is not ours to judge
             if job["meta"] is None:
                 await self._finish(job, FAILED, "the server stopped before the job started")
                 continue
@@ -158,13 +163,14 @@ class JobService:
         await self.flush_fetches()
         now = self.clock()
         for job in await self.runner.run(self.store.abandoned_jobs, now):
-            if job["token"] in self._fetched:
-                continue  # fetched since the flush above
+            if job["token"] in self._fetched or not self._is_here(job):
+                continue  # fetched since the flush above, or its own server's to reap
             await self._each(job, self._cancel(
                 job, f"cancelled: not fetched for {job['fetch_timeout_s']:g}s (fetch_timeout_s)",
                 claim_first=True))
         for job in await self.runner.run(self.store.active_jobs):
-            await self._each(job, self._observe(job, "", 0))
+            if self._is_here(job):
+                await self._each(job, self._observe(job, "", 0))
         for job in await self.runner.run(self.store.expired_jobs, now - self.settings.job_ttl_s):
             await self._each(job, self._purge(job))
 
@@ -205,6 +211,7 @@ class JobService:
         if job["meta"] is None:  # not started (yet): nothing to ask
             return job, TaskState(status=job["status"], message=job["message"], cursor=cursor)
         plugin = self.registry.get(job["task_type"], job["version"])
+        self._require_here(plugin, job)
         ctx = self._context(job, max_bytes=max_bytes)
         state: TaskState = await self.registry.call(plugin.get, ctx, job["meta"], cursor)
         if is_terminal(job["status"]):
@@ -248,6 +255,7 @@ class JobService:
                 return await self.runner.run(self.store.get_job, job["token"])
         if job["meta"] is not None:
             plugin = self.registry.get(job["task_type"], job["version"])
+            self._require_here(plugin, job)
             user = await self.runner.run(self.store.get_user, job["user_id"])
             ctx = self._context(job, data_source=user["data_source"] if user else None)
             await self.registry.call(plugin.delete, ctx, job["meta"])
@@ -255,6 +263,19 @@ class JobService:
             job = await self._finish(job, CANCELLED, reason)
         log.info("job %s… cancelled: %s", job["token"][:8], reason)
         return job
+
+    def _is_here(self, job: Dict[str, Any]) -> bool:
+        try:
+            plugin = self.registry.get(job["task_type"], job["version"])
+        except NotFound:
+            return False
+        return not plugin.runs_locally or job["replica"] == self.settings.replica
+
+    def _require_here(self, plugin, job: Dict[str, Any]) -> None:
+        """Work that runs inside a server can only be followed from that server."""
+        if plugin.runs_locally and job["replica"] != self.settings.replica:
+            raise Unavailable(f"this {job['task_type']} job runs on replica "
+                              f"{job['replica']!r}; ask that server")
 
     async def _purge(self, job: Dict[str, Any]) -> None:
         await self.runner.run(self.store.delete_job, job["token"])

@@ -74,7 +74,8 @@ class Gateway:
         self.jobs = JobService(self.store, self.registry, self.runner, JobSettings(
             state_dir=config.state_dir, fetch_timeout_s=config.fetch_timeout_s,
             job_ttl_s=config.job_ttl_s, max_jobs_per_user=config.max_jobs_per_user,
-            max_jobs=config.max_jobs, fetch_page_bytes=config.fetch_page_bytes))
+            max_jobs=config.max_jobs, fetch_page_bytes=config.fetch_page_bytes,
+            replica=config.replica or socket.gethostname()))
         self.reconciler = None
         if self.cluster is not None:
             from .reconcile import ClusterReconciler

@@ -47,6 +47,7 @@ jobs = sa.Table(
     sa.Column("finished_at", sa.Double),
     sa.Column("last_fetched_at", sa.Double, nullable=False),
     sa.Column("fetch_timeout_s", sa.Double, nullable=False),
+    sa.Column("replica", sa.String(255), nullable=False, default=""),  # who started it
 )
 
 ACTIVE = ("PENDING", "RUNNING")

@@ -34,6 +34,7 @@ def store_url(mariadb):
 @pytest.fixture
 def replicas(sim, store_url, make_server, tmp_path):
     return [make_server(db_url=store_url, state_dir=str(tmp_path / f"replica{i}"),
+                        replica=f"replica{i}", enable_process_jobs=True,
                         provisioner="kubernetes", enable_pod_jobs=True,
                         kubeconfig=sim.kubeconfig, namespace="default", provision_timeout_s=10,
                         reconcile_grace_s=0) for i in range(2)]
@@ -92,3 +93,16 @@ def test_reapers_on_both_replicas_cancel_an_abandoned_job_once(replicas, sim, ce
     assert sim.counts[("delete", "pods", pod)] == 1
     body = request(b.port, alice, "GET", f"/api/jobs/{token}").body
     assert body["status"] == "CANCELLED" and "not fetched" in body["message"]
+
+
+def test_a_local_job_is_followed_only_by_the_replica_that_runs_it(replicas, certs):
+    a, b = replicas
+    alice = client_context(certs.dir, "alice")
+    token = request(a.port, alice, "POST", "/api/jobs", {"task_type": "process", "spec": {
+        "command": [PY, "-c", "import time; time.sleep(60)"]}}).body["token"]
+    elsewhere = request(b.port, alice, "GET", f"/api/jobs/{token}")
+    assert elsewhere.status == 503 and "replica0" in elsewhere.body["error"]["message"]
+    b.call(b.gateway.jobs.recover())  # a restart of replica1 leaves replica0's job alone
+    b.call(b.gateway.jobs.reap())
+    assert request(a.port, alice, "GET", f"/api/jobs/{token}").body["status"] == "RUNNING"
+    assert request(a.port, alice, "DELETE", f"/api/jobs/{token}").body["status"] == "CANCELLED"

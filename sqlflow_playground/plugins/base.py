@@ -61,6 +61,9 @@ class TaskPlugin(abc.ABC):
     spec_schema: Dict[str, Any] = {"type": "object"}
     #: whether the job needs its owner's database (``ctx.data_source``) to exist
     needs_database: bool = False
+    #: whether the work runs inside the server process's host (its files live there), so
+    #: only the replica that started it can follow it
+    runs_locally: bool = False
 
     @abc.abstractmethod
     def create(self, ctx: TaskContext, spec: Dict[str, Any]) -> Dict[str, Any]:

@@ -55,6 +55,7 @@ class ProcessPlugin(TaskPlugin):
     task_type = "process"
     version = "v1"
     description = "Run a command (a list, never through a shell) on the server host."
+    runs_locally = True
     spec_schema = {
         "type": "object",
         "required": ["command"],

@@ -260,6 +260,7 @@ class SqlPlugin(TaskPlugin):
                    "properties": {"sql": {"type": "string", "minLength": 1}},
                    "additionalProperties": False}
     needs_database = True
+    runs_locally = True
 
     def create(self, ctx: TaskContext, spec: Dict[str, Any]) -> Dict[str, Any]:
         sql = spec.get("sql")
