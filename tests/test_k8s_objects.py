@@ -13,7 +13,7 @@ from kubernetes.config import incluster_config
 from kubernetes_validate.utils import latest_version
 
 from sqlflow_playground.k8s import clients, names, objects
-from sqlflow_playground.k8s.names import JOB_LABEL, MANAGED_BY, USER_LABEL
+from sqlflow_playground.k8s.names import MANAGED_BY, USER_LABEL
 from sqlflow_playground.provisioners.mysql import sqlflow_data_source
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"

@@ -48,6 +48,21 @@ def read_log(api_client, namespace: str, name: str, since: Optional[str],
     return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
 
 
+def read_page(api_client, namespace: str, name: str, cursor: Optional[Cursor],
+              max_bytes: int) -> Optional[Tuple[str, bool]]:
+    """The log from the start of the cursor's second, with room for the already-returned
+    lines of that second that will be skipped: (text, whole), ``whole`` being False when the
+    API cut it at the limit. None when there is no log to read (not started, or deleted)."""
+    limit = 2 * max_bytes + 65536
+    try:
+        text = read_log(api_client, namespace, name, cursor[0] if cursor else None, limit)
+    except ApiException as e:
+        if e.status in (400, 404):
+            return None
+        raise
+    return text, len(text.encode()) < limit
+
+
 def new_lines(log: str, cursor: Optional[Cursor], max_bytes: int,
               complete: bool) -> Tuple[List[str], Optional[Cursor], bool]:
     """The lines of ``log`` after ``cursor``, at most about ``max_bytes`` of them.

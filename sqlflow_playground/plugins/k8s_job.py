@@ -188,15 +188,11 @@ class K8sJobPlugin(TaskPlugin):
             if budget <= 0:
                 more = True
                 break
-            limit = 2 * budget + 65536  # room for the lines of the cursor's second we skip
-            try:
-                text = logs.read_log(self.cluster.core.api_client, meta["namespace"], name,
-                                     logs.parse_cursor(position)[0] if position else None, limit)
-            except ApiException as e:
-                if e.status in (400, 404):
-                    continue  # container not started yet, or already deleted
-                raise
-            whole = len(text.encode()) < limit
+            page = logs.read_page(self.cluster.core.api_client, meta["namespace"], name,
+                                  logs.parse_cursor(position), budget)
+            if page is None:
+                continue  # container not started yet, or already deleted
+            text, whole = page
             lines, last, cut = prefixed_page(text, logs.parse_cursor(position), budget,
                                              (ended or phase in POD_DONE) and whole, name)
             state.responses += [{"message": f"[{name}] {line}"} for line in lines]

@@ -104,19 +104,15 @@ class PodPlugin(TaskPlugin):
             position = logs.parse_cursor(cursor)
         except ValueError:
             raise BadRequest(f"invalid cursor {cursor!r}") from None
-        limit = 2 * max_bytes + 65536  # room for the lines of the cursor's second we skip
-        try:
-            text = logs.read_log(self.cluster.core.api_client, meta["namespace"], meta["pod"],
-                                 position[0] if position else None, limit)
-        except ApiException as e:
-            if e.status in (400, 404):
-                return  # container not started yet, or already deleted: no log to read
-            raise
-        lines, position, more = logs.new_lines(text, position, max_bytes,
-                                               complete and len(text) < limit)
+        page = logs.read_page(self.cluster.core.api_client, meta["namespace"], meta["pod"],
+                              position, max_bytes)
+        if page is None:
+            return  # container not started yet, or already deleted: no log to read
+        text, whole = page
+        lines, position, more = logs.new_lines(text, position, max_bytes, complete and whole)
         state.responses = [{"message": line} for line in lines]
         state.cursor = logs.format_cursor(position)
-        state.more = more or len(text.encode()) >= limit
+        state.more = more or not whole
 
     def delete(self, ctx: TaskContext, meta: Dict[str, Any]) -> None:
         delete_if_present(self.cluster.core.delete_namespaced_pod, meta["pod"], meta["namespace"])

@@ -207,9 +207,9 @@ class Kubelet:
                 return container_environment(self.store, pod, self.node_name, self.port)
             except ConfigError as e:
                 if str(e) != reported:
-                    reported = str(e)
-                    self._write(r, lambda p: podstatus.waiting(
-                        p, "CreateContainerConfigError", str(e)))
+                    reported = message = str(e)
+                    self._write(r, lambda p, m=message: podstatus.waiting(
+                        p, "CreateContainerConfigError", m))
             await asyncio.sleep(0.1)
         return None
 
