@@ -16,15 +16,19 @@ setup(
         "pyyaml>=5.4",
         "jsonschema>=4.0",
         "kubernetes>=28",
+        "prometheus_client>=0.17",
     ],
     extras_require={
         "test": [
             "cryptography>=42",
             "kubernetes-validate>=1.28",
+            "openapi-spec-validator>=0.7",
+            "ipython>=8",
             "pytest>=7",
             "pytest-tornado>=0.8",
         ],
         "bench": ["uvloop>=0.17"],
+        "notebook": ["ipython>=8"],
     },
     entry_points={
         "console_scripts": ["sqlflow_playground=sqlflow_playground.cli:main"],
