@@ -106,8 +106,12 @@ def test_a_thousand_fetches_of_a_running_pod_job_make_no_status_gets(alice, sim)
             break
     name = pod_names(sim)[0]
     sim.reset_counts()
+    started = time.monotonic()
     for _ in range(1000):
         assert alice("GET", f"/api/jobs/{token}").body["status"] == "RUNNING"
+    elapsed = time.monotonic() - started
     assert sim.counts[("get", "pods", name)] == 0
     assert sim.counts[("list", "pods", None)] == 0
+    # The log is read at most once a second however often it is fetched.
+    assert sim.counts[("get", "pods/log", name)] <= elapsed + 2
     alice("DELETE", f"/api/jobs/{token}")

@@ -5,6 +5,9 @@ offer it, so the log is requested from the start of the cursor's second with
 ``timestamps=true``, and the lines the cursor has already covered are skipped: those
 before its timestamp, and the first ``n`` that share it.
 """
+import collections
+import threading
+import time
 from typing import List, Optional, Tuple
 
 from kubernetes.client.rest import ApiException
@@ -61,6 +64,42 @@ def read_page(api_client, namespace: str, name: str, cursor: Optional[Cursor],
             return None
         raise
     return text, len(text.encode()) < limit
+
+
+class LogReader:
+    """``read_page`` with a short memory, so the API load does not grow with the poll rate.
+
+    Many fetches of a running job ask for the same log from the same second; within
+    ``min_interval_s`` they share one API read (output reaches clients at most that much
+    later). A read made after the pod ended is complete and kept until evicted. The memory
+    is a bounded LRU: a cache, not state — any replica can answer without it.
+    """
+
+    def __init__(self, api_client, min_interval_s: float = 1.0, max_entries: int = 64):
+        self.api_client = api_client
+        self.min_interval_s = min_interval_s
+        self.max_entries = max_entries
+        self._pages: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def page(self, namespace: str, name: str, cursor: Optional[Cursor], max_bytes: int,
+             ended: bool) -> Optional[Tuple[str, bool]]:
+        """Like ``read_page``; ``ended``: the pod has terminated (its log is final)."""
+        key = (namespace, name, cursor[0].split(".")[0] if cursor else "", max_bytes)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._pages.get(key)
+            # Once the pod has ended only a read made after its end will do: it is complete.
+            fresh = hit is not None and not ended and now - hit[0] < self.min_interval_s
+            if hit is not None and (hit[2] or fresh):
+                self._pages.move_to_end(key)
+                return hit[1]
+        page = read_page(self.api_client, namespace, name, cursor, max_bytes)
+        with self._lock:
+            self._pages[key] = (now, page, ended and page is not None)
+            while len(self._pages) > self.max_entries:
+                self._pages.popitem(last=False)
+        return page
 
 
 def new_lines(log: str, cursor: Optional[Cursor], max_bytes: int,

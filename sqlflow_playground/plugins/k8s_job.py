@@ -114,6 +114,7 @@ class K8sJobPlugin(TaskPlugin):
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
+        self.logs = logs.LogReader(cluster.core.api_client)
 
     def create(self, ctx: TaskContext, spec: Dict[str, Any]) -> Dict[str, Any]:
         namespace = self.cluster.namespace
@@ -188,8 +189,8 @@ class K8sJobPlugin(TaskPlugin):
             if budget <= 0:
                 more = True
                 break
-            page = logs.read_page(self.cluster.core.api_client, meta["namespace"], name,
-                                  logs.parse_cursor(position), budget)
+            page = self.logs.page(meta["namespace"], name, logs.parse_cursor(position), budget,
+                                  phase in POD_DONE)
             if page is None:
                 continue  # container not started yet, or already deleted
             text, whole = page

@@ -64,6 +64,7 @@ class PodPlugin(TaskPlugin):
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
+        self.logs = logs.LogReader(cluster.core.api_client)
 
     def create(self, ctx: TaskContext, spec: Dict[str, Any]) -> Dict[str, Any]:
         self.cluster.start()
@@ -104,8 +105,7 @@ class PodPlugin(TaskPlugin):
             position = logs.parse_cursor(cursor)
         except ValueError:
             raise BadRequest(f"invalid cursor {cursor!r}") from None
-        page = logs.read_page(self.cluster.core.api_client, meta["namespace"], meta["pod"],
-                              position, max_bytes)
+        page = self.logs.page(meta["namespace"], meta["pod"], position, max_bytes, complete)
         if page is None:
             return  # container not started yet, or already deleted: no log to read
         text, whole = page
