@@ -69,36 +69,48 @@ def read_page(api_client, namespace: str, name: str, cursor: Optional[Cursor],
 class LogReader:
     """``read_page`` with a short memory, so the API load does not grow with the poll rate.
 
-    Many fetches of a running job ask for the same log from the same second; within
-    ``min_interval_s`` they share one API read (output reaches clients at most that much
-    later). A read made after the pod ended is complete and kept until evicted. The memory
-    is a bounded LRU: a cache, not state — any replica can answer without it.
+    Fetches of a running pod's log share one API read per interval; the interval starts at
+    ``min_interval_s`` and doubles (up to ``max_interval_s``) while the log stays the same,
+    so a quiet pod costs one read every few seconds however often its job is fetched, and
+    new output reaches clients at most one interval late. A read made after the pod ended
+    is complete and kept. An LRU bounded in bytes: a cache, not state — any replica works without it.
     """
 
-    def __init__(self, api_client, min_interval_s: float = 1.0, max_entries: int = 64):
+    def __init__(self, api_client, min_interval_s: float = 1.0, max_interval_s: float = 5.0,
+                 max_cached_bytes: int = 64 << 20):
         self.api_client = api_client
-        self.min_interval_s = min_interval_s
-        self.max_entries = max_entries
-        self._pages: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+        self.min_interval_s, self.max_interval_s = min_interval_s, max_interval_s
+        self.max_cached_bytes = max_cached_bytes
+        self._cached_bytes = 0
+        self._pods: "collections.OrderedDict[tuple, dict]" = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def page(self, namespace: str, name: str, cursor: Optional[Cursor], max_bytes: int,
              ended: bool) -> Optional[Tuple[str, bool]]:
         """Like ``read_page``; ``ended``: the pod has terminated (its log is final)."""
-        key = (namespace, name, cursor[0].split(".")[0] if cursor else "", max_bytes)
+        pod, since = (namespace, name), (cursor[0].split(".")[0] if cursor else "", max_bytes)
         now = time.monotonic()
         with self._lock:
-            hit = self._pages.get(key)
-            # Once the pod has ended only a read made after its end will do: it is complete.
-            fresh = hit is not None and not ended and now - hit[0] < self.min_interval_s
-            if hit is not None and (hit[2] or fresh):
-                self._pages.move_to_end(key)
-                return hit[1]
+            last = self._pods.get(pod)
+            if last is not None and last["since"] == since:
+                # Once the pod has ended only a read made after its end will do.
+                fresh = not ended and now - last["at"] < last["interval"]
+                if last["final"] or fresh:
+                    self._pods.move_to_end(pod)
+                    return last["page"]
         page = read_page(self.api_client, namespace, name, cursor, max_bytes)
         with self._lock:
-            self._pages[key] = (now, page, ended and page is not None)
-            while len(self._pages) > self.max_entries:
-                self._pages.popitem(last=False)
+            quiet = last is not None and last["since"] == since and last["page"] == page
+            interval = min(last["interval"] * 2, self.max_interval_s) if quiet \
+                else self.min_interval_s
+            size = len(page[0]) if page else 0
+            self._cached_bytes += size - (len(last["page"][0]) if last and last["page"] else 0)
+            self._pods[pod] = {"at": now, "since": since, "page": page, "interval": interval,
+                               "final": ended and page is not None}
+            self._pods.move_to_end(pod)
+            while self._cached_bytes > self.max_cached_bytes and len(self._pods) > 1:
+                _, old = self._pods.popitem(last=False)
+                self._cached_bytes -= len(old["page"][0]) if old["page"] else 0
         return page
 
 
