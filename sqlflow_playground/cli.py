@@ -112,6 +112,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         if argv[:1] == ["demo"]:
             demo(argv[1:])
             return
+        if argv[:1] == ["client"]:
+            from . import client_cli  # the client needs none of the server's imports
+            client_cli.main(argv[1:])
+            return
         config = load_config(argv)
         setup_logging(config.log_level)
         asyncio.run(serve(config))
