@@ -30,6 +30,8 @@ class Config:
     server_crt: Optional[str] = _opt(None, "server certificate (PEM)")
     crl: Optional[str] = _opt(None, "certificate revocation list (PEM); re-read on SIGHUP")
     health_port: int = _opt(0, "plain-HTTP port for /healthz and /readyz probes (0: off)")
+    metrics_port: int = _opt(
+        0, "plain-HTTP port for Prometheus /metrics without client certificates (0: off)")
     insecure: bool = _opt(False, "serve plain HTTP without client certificates (development only)")
     frontend_certs: Tuple[str, ...] = _opt(
         (), "comma-separated certificate identities that may act for any user_id")

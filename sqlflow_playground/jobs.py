@@ -158,21 +158,24 @@ class JobService:
             if message:
                 await self._finish(job, FAILED, message)
 
-    async def reap(self) -> None:
-        """Cancel abandoned jobs, refresh the status of active ones, purge expired ones."""
+    async def reap(self) -> Dict[str, int]:
+        """Cancel abandoned jobs, refresh the status of active ones, purge expired ones.
+        Returns how many jobs it cancelled and purged (for the metrics)."""
         await self.flush_fetches()
         now = self.clock()
+        done = {"cancelled_job": 0, "purged_job": 0}
         for job in await self.runner.run(self.store.abandoned_jobs, now):
             if job["token"] in self._fetched or not self._is_here(job):
                 continue  # fetched since the flush above, or its own server's to reap
-            await self._each(job, self._cancel(
+            done["cancelled_job"] += await self._each(job, self._cancel(
                 job, f"cancelled: not fetched for {job['fetch_timeout_s']:g}s (fetch_timeout_s)",
                 claim_first=True))
         for job in await self.runner.run(self.store.active_jobs):
             if self._is_here(job):
                 await self._each(job, self._observe(job, "", 0))
         for job in await self.runner.run(self.store.expired_jobs, now - self.settings.job_ttl_s):
-            await self._each(job, self._purge(job))
+            done["purged_job"] += await self._each(job, self._purge(job))
+        return done
 
     async def flush_fetches(self) -> None:
         if self._fetched:
@@ -181,12 +184,14 @@ class JobService:
 
     # -- internals ---------------------------------------------------------------
 
-    async def _each(self, job: Dict[str, Any], work) -> None:
+    async def _each(self, job: Dict[str, Any], work) -> bool:
         try:
             await work
+            return True
         except Exception:
             # One bad job must not stop the sweep; the next sweep tries again.
             log.exception("job reaper: job %s… failed", job["token"][:8])
+            return False
 
     async def _visible_job(self, viewer: Identity, token: str) -> Dict[str, Any]:
         job = await self.runner.run(self.store.get_job, token) if token else None

@@ -58,6 +58,8 @@ class PlaygroundService:
         self.clock = clock
         self._locks = KeyedLocks()
         self._beats: Dict[str, float] = {}
+        # Told (seconds, succeeded) after each provisioning: the Gateway's metrics.
+        self.on_provisioned: Callable[[float, bool], None] = lambda seconds, ok: None
 
     # -- requests ------------------------------------------------------------
 
@@ -98,8 +100,10 @@ class PlaygroundService:
         try:
             provisioned = await self.provisioner.provision(user_id)
         except BaseException:
+            self.on_provisioned(self.clock() - started, False)
             await self.runner.run(self.store.delete_user, user_id)  # let the next try start
             raise
+        self.on_provisioned(self.clock() - started, True)
         user = await self.runner.run(
             self.store.save_user, user_id, self.provisioner.name, provisioned.data_source,
             provisioned.resource, self.clock())

@@ -1,6 +1,7 @@
 """The gateway process: wires config → store, provisioner, services → Tornado app, and
 owns their lifecycle (start, TLS reload, graceful stop)."""
 import datetime
+import json
 import logging
 import os
 import socket
@@ -12,12 +13,16 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 
+from .accesslog import log_request
 from .blocking import BlockingRunner
 from .config import Config, ConfigError
 from .errors import Unavailable
-from .handlers import NotFoundHandler, all_handlers
+from .handlers import NotFoundHandler, all_handlers, route_templates
 from .handlers.health import make_health_app
+from .handlers.meta import make_metrics_app
 from .jobs import JobService, JobSettings
+from .metrics import Metrics
+from .openapi import build_spec
 from .playground import PlaygroundService
 from .plugins.registry import PluginRegistry, builtin_plugins, discovered_plugins
 from .provisioners import Provisioner, make_provisioner
@@ -28,13 +33,19 @@ log = logging.getLogger(__name__)
 
 
 def make_app(config: Config, playground: PlaygroundService, jobs: JobService,
-             registry: PluginRegistry) -> tornado.web.Application:
+             registry: PluginRegistry, metrics: Metrics,
+             runner: BlockingRunner) -> tornado.web.Application:
     return tornado.web.Application(
         all_handlers(),
         default_handler_class=NotFoundHandler,
         playground=playground,
         jobs=jobs,
         registry=registry,
+        metrics=metrics,
+        runner=runner,
+        routes=route_templates(),
+        openapi=json.dumps(build_spec()),
+        log_function=log_request,
         frontend_certs=config.frontend_certs,
         insecure=not config.tls_enabled,
     )
@@ -62,8 +73,10 @@ class Gateway:
             from .k8s.cluster import Cluster  # the kubernetes client loads only when needed
             self.cluster = Cluster(config.namespace, config.kubeconfig)
         self.provisioner = provisioner or make_provisioner(config, self.runner, self.cluster)
+        self.metrics = Metrics(self.store)
         self.playground = PlaygroundService(self.store, self.provisioner, self.runner,
                                             config.idle_timeout_s)
+        self.playground.on_provisioned = self.metrics.observe_provisioning
         self.registry = PluginRegistry(
             self.runner, builtin_plugins(config.enable_process_jobs, self.cluster))
         for plugin in discovered_plugins():
@@ -81,9 +94,11 @@ class Gateway:
             from .reconcile import ClusterReconciler
             self.reconciler = ClusterReconciler(self.cluster, self.store, self.runner,
                                                 config.reconcile_grace_s)
-        self.app = make_app(config, self.playground, self.jobs, self.registry)
+        self.app = make_app(config, self.playground, self.jobs, self.registry, self.metrics,
+                            self.runner)
         self.http: Optional[HTTPServer] = None
         self.health: Optional[HTTPServer] = None
+        self.metrics_http: Optional[HTTPServer] = None
         self.sockets: List[socket.socket] = []
         self._periodic: List[PeriodicCallback] = []
 
@@ -115,6 +130,9 @@ class Gateway:
                 "store": lambda: self.runner.run(self.store.ping),
                 "provisioner": self.provisioner.check}))
             self.health.listen(self.config.health_port, self.config.host or None)
+        if self.config.metrics_port:
+            self.metrics_http = HTTPServer(make_metrics_app(self.metrics, self.runner))
+            self.metrics_http.listen(self.config.metrics_port, self.config.host or None)
         self._periodic = [
             PeriodicCallback(self._flush, self.config.heartbeat_flush_s * 1000),
             PeriodicCallback(self._reap, self.config.reap_interval_s * 1000),
@@ -155,8 +173,10 @@ class Gateway:
             return
         if released:
             log.info("idle reaper released %d database(s)", len(released))
+            self.metrics.count_reaper_actions("released_user", len(released))
         try:
-            await self.jobs.reap()
+            for action, n in (await self.jobs.reap()).items():
+                self.metrics.count_reaper_actions(action, n)
         except Exception:
             log.exception("job reaper failed; will retry")
         await self._reconcile()
@@ -171,13 +191,15 @@ class Gateway:
             return
         if deleted:
             log.info("reconcile deleted %d orphaned object(s)", deleted)
+            self.metrics.count_reaper_actions("reconciled_orphan", deleted)
 
     async def stop(self) -> None:
         """Stop accepting, close connections, save buffered heart beats, free resources."""
         for p in self._periodic:
             p.stop()
-        if self.health is not None:
-            self.health.stop()
+        for plain in (self.health, self.metrics_http):
+            if plain is not None:
+                plain.stop()
         if self.http is not None:
             self.http.stop()
             try:

@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional
 
 import tornado.web
 
+from ..accesslog import REQUEST_ID_HEADER, request_id_for
 from ..errors import BadRequest, PayloadTooLarge, PlaygroundError
 from ..identity import Identity, identity_from_cert
 
@@ -13,6 +14,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 INSECURE_IDENTITY = Identity(name="anonymous", is_frontend=True)
+UNMATCHED_ROUTE = "unmatched"  # the route of requests that no route took
 
 
 @tornado.web.stream_request_body
@@ -24,6 +26,24 @@ class APIHandler(tornado.web.RequestHandler):
     """
 
     identity: Identity
+    request_id: Optional[str] = None
+
+    def set_default_headers(self) -> None:
+        # Called again when an error clears the headers: the id is kept for the error too.
+        if self.request_id is None:
+            self.request_id = request_id_for(self.request.headers)
+        self.set_header(REQUEST_ID_HEADER, self.request_id)
+
+    @property
+    def route(self) -> str:
+        """The route template (``/api/jobs/{token}``) of this handler, for metrics and logs."""
+        return self.settings.get("routes", {}).get(type(self), UNMATCHED_ROUTE)
+
+    def on_finish(self) -> None:
+        metrics = self.settings.get("metrics")
+        if metrics is not None:
+            metrics.observe_request(self.route, self.request.method, self.get_status(),
+                                    self.request.request_time())
 
     def prepare(self) -> None:
         self._body = bytearray()

@@ -1,0 +1,43 @@
+"""One JSON line per request on the ``sqlflow_playground.access`` logger (the Application's
+``log_function``), and the request id that ties a response to its line.
+
+Logged: request id, identity, method, route template, path WITHOUT its query string (a
+query may hold cursors), status, duration, remote address. Never bodies or headers.
+"""
+import json
+import logging
+import random
+import re
+from typing import Any
+
+access_log = logging.getLogger("sqlflow_playground.access")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def request_id_for(headers: Any) -> str:
+    """The caller's ``X-Request-Id`` if it is short and plain, else a new random one."""
+    given = headers.get(REQUEST_ID_HEADER)
+    if given and SANE_REQUEST_ID.match(given):
+        return given
+    return f"{random.getrandbits(64):016x}"  # an id, not a secret: no syscall per request
+
+
+def log_request(handler: Any) -> None:
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return
+    request = handler.request
+    identity = getattr(handler, "identity", None)
+    access_log.log(level, json.dumps({
+        "request_id": getattr(handler, "request_id", None),
+        "identity": getattr(identity, "name", None),
+        "method": request.method,
+        "route": getattr(handler, "route", None),
+        "path": request.path,
+        "status": status,
+        "duration_ms": round(request.request_time() * 1000, 3),
+        "remote_ip": request.remote_ip,
+    }))
