@@ -24,6 +24,12 @@ DEMO_CLIENT = "demo"
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Access lines are JSON documents of their own: no prefix, so log shippers parse them.
+    access = logging.getLogger("sqlflow_playground.access")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
 
 
 async def serve(config: Config, on_started: Optional[Callable[[Gateway], None]] = None) -> None:

@@ -18,6 +18,7 @@ from .blocking import BlockingRunner
 from .config import Config, ConfigError
 from .errors import Unavailable
 from .handlers import NotFoundHandler, all_handlers, route_templates
+from .handlers.base import DISCARD_LIMIT_BYTES
 from .handlers.health import make_health_app
 from .handlers.meta import make_metrics_app
 from .jobs import JobService, JobSettings
@@ -122,7 +123,8 @@ class Gateway:
         await self.jobs.recover()
         await self._reconcile()
         # Unbuffered request bodies are capped by the handlers; this only bounds headers.
-        self.http = HTTPServer(self.app, ssl_options=self.ssl_context(), max_buffer_size=2 << 20)
+        self.http = HTTPServer(self.app, ssl_options=self.ssl_context(), max_buffer_size=2 << 20,
+                               max_body_size=DISCARD_LIMIT_BYTES)
         self.sockets = tornado.netutil.bind_sockets(self.config.port, self.config.host or None)
         self.http.add_sockets(self.sockets)
         if self.config.health_port:

@@ -13,6 +13,9 @@ from ..identity import Identity, identity_from_cert
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+# Bodies up to this size are read (and dropped) to answer 413 cleanly; larger ones make
+# Tornado close the connection.
+DISCARD_LIMIT_BYTES = 16 * MAX_BODY_BYTES
 INSECURE_IDENTITY = Identity(name="anonymous", is_frontend=True)
 UNMATCHED_ROUTE = "unmatched"  # the route of requests that no route took
 
@@ -51,8 +54,10 @@ class APIHandler(tornado.web.RequestHandler):
         self.identity = self._resolve_identity()
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            # Read and drop it, then answer 413: a client still uploading when the server
+            # hangs up would see a broken pipe instead of the answer. (The HTTPServer's
+            # max_body_size cuts off anything beyond DISCARD_LIMIT_BYTES.)
             self._body_too_large = True
-            raise PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
 
     def data_received(self, chunk: bytes) -> None:
         if self._body_too_large or self._finished:
