@@ -195,6 +195,20 @@ def fetch_until_eof(fetch, token, cursor="", wait=5, timeout=60):
     raise AssertionError("job did not finish")
 
 
+# -- Kubernetes ------------------------------------------------------------------
+
+@pytest.fixture
+def sim(tmp_path):
+    """An in-test Kubernetes API server (tests/k8s_sim) with ``.kubeconfig`` written.
+    Request it before ``make_server`` so servers stop before the simulator does."""
+    from k8s_sim import running_simulator
+    from sqlflow_playground.k8s.clients import close_shared_clients
+    with running_simulator() as simulator:
+        simulator.kubeconfig = str(simulator.write_kubeconfig(tmp_path / "kubeconfig"))
+        yield simulator
+    close_shared_clients()
+
+
 # -- MariaDB ---------------------------------------------------------------------
 
 DSN = "mysql://root@127.0.0.1:3306/"

@@ -3,20 +3,10 @@ import sys
 import time
 
 import pytest
-from k8s_sim import running_simulator
 
 from conftest import fetch_until_eof
-from sqlflow_playground.k8s.clients import close_shared_clients
 
 PY = sys.executable
-
-
-@pytest.fixture
-def sim(tmp_path):
-    with running_simulator() as simulator:
-        simulator.kubeconfig = str(simulator.write_kubeconfig(tmp_path / "kubeconfig"))
-        yield simulator
-    close_shared_clients()
 
 
 @pytest.fixture

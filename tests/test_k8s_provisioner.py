@@ -4,21 +4,11 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from k8s_sim import running_simulator
 
 from conftest import client_context, request
-from sqlflow_playground.k8s.clients import close_shared_clients
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 KINDS = (("", "v1", "pods"), ("", "v1", "secrets"), ("", "v1", "services"))
-
-
-@pytest.fixture
-def sim(tmp_path):
-    with running_simulator() as simulator:
-        simulator.kubeconfig = str(simulator.write_kubeconfig(tmp_path / "kubeconfig"))
-        yield simulator
-    close_shared_clients()
 
 
 @pytest.fixture

@@ -5,26 +5,17 @@ import threading
 import time
 
 import pytest
-from k8s_sim import running_simulator
 from kubernetes import client as k8s
 
 from conftest import client_context, request
 from sqlflow_playground.k8s import objects
-from sqlflow_playground.k8s.clients import close_shared_clients, shared_api_client
+from sqlflow_playground.k8s.clients import shared_api_client
 from sqlflow_playground.k8s.names import managed_selector
 from sqlflow_playground.k8s.reflector import ResourceReflector
 from sqlflow_playground.plugins import pod as pod_plugin
 
 PY = sys.executable
 SLEEP = [PY, "-c", "import time; time.sleep(60)"]
-
-
-@pytest.fixture
-def sim(tmp_path):
-    with running_simulator() as simulator:
-        simulator.kubeconfig = str(simulator.write_kubeconfig(tmp_path / "kubeconfig"))
-        yield simulator
-    close_shared_clients()
 
 
 @pytest.fixture

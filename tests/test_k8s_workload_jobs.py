@@ -5,25 +5,15 @@ import sys
 import time
 
 import pytest
-from k8s_sim import running_simulator
 
 from conftest import fetch_until_eof
 from sqlflow_playground.errors import BadRequest
-from sqlflow_playground.k8s.clients import close_shared_clients
 from sqlflow_playground.k8s.names import JOB_LABEL, USER_LABEL, label_value
 from sqlflow_playground.plugins.base import FAILED, PENDING, RUNNING, SUCCEEDED
 from sqlflow_playground.plugins.k8s_job import decode_cursor, encode_cursor, workload_status
 
 PY = sys.executable
 PYTORCH = ("kubeflow.org", "v1", "pytorchjobs")
-
-
-@pytest.fixture
-def sim(tmp_path):
-    with running_simulator() as simulator:
-        simulator.kubeconfig = str(simulator.write_kubeconfig(tmp_path / "kubeconfig"))
-        yield simulator
-    close_shared_clients()
 
 
 @pytest.fixture

@@ -5,20 +5,10 @@ import time
 import uuid
 
 import pytest
-from k8s_sim import running_simulator
 
 from conftest import admin_connect, client_context, request
-from sqlflow_playground.k8s.clients import close_shared_clients
 
 PY = sys.executable
-
-
-@pytest.fixture
-def sim(tmp_path):
-    with running_simulator() as simulator:
-        simulator.kubeconfig = str(simulator.write_kubeconfig(tmp_path / "kubeconfig"))
-        yield simulator
-    close_shared_clients()
 
 
 @pytest.fixture
