@@ -56,7 +56,10 @@ def parse_response(buf: bytearray) -> Optional[Tuple[int, int]]:
 
 
 class HttpConnection(asyncio.Protocol):
-    """One TLS connection; ``await conn.request(raw)`` returns the response status."""
+    """One TLS connection; ``await conn.request(raw)`` returns the response status
+    (with ``with_body``: the pair status, body bytes)."""
+
+    with_body = False
 
     def __init__(self) -> None:
         self.transport: Optional[asyncio.Transport] = None
@@ -86,9 +89,12 @@ class HttpConnection(asyncio.Protocol):
             return
         if parsed is not None:
             status, size = parsed
+            result = status
+            if self.with_body:
+                result = (status, bytes(self.buf[self.buf.find(b"\r\n\r\n") + 4:size]))
             del self.buf[:size]
             waiter, self.waiter = self.waiter, None
-            waiter.set_result(status)
+            waiter.set_result(result)
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.lost = exc or ConnectionResetError("connection closed")
@@ -100,11 +106,17 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
 
-async def connect(port: int, ctx: ssl.SSLContext) -> HttpConnection:
+class BodyConnection(HttpConnection):
+    """``await conn.request(raw)`` returns (status, body bytes)."""
+
+    with_body = True
+
+
+async def connect(port: int, ctx: ssl.SSLContext, protocol=HttpConnection) -> HttpConnection:
     """A new TCP connection and full TLS handshake (no session resumption)."""
     loop = asyncio.get_running_loop()
     _, conn = await asyncio.wait_for(
-        loop.create_connection(HttpConnection, HOST, port, ssl=ctx, server_hostname=SERVER_NAME),
+        loop.create_connection(protocol, HOST, port, ssl=ctx, server_hostname=SERVER_NAME),
         CONNECT_TIMEOUT_S)
     return conn
 
@@ -182,6 +194,7 @@ class Result:
     client_cpu_s: float
     cores_busy_s: float  # everything the benchmark's cores did, whoever did it
     first_error: str = ""
+    workload_cpu_s: float = 0.0  # helper processes that are part of the load (e.g. jobs)
 
     @property
     def rps(self) -> float:
@@ -214,17 +227,23 @@ class Result:
         return self.client_cpu_s / self.wall_s if self.wall_s else 0.0
 
     @property
+    def workload_core_share(self) -> float:
+        return self.workload_cpu_s / self.wall_s if self.wall_s else 0.0
+
+    @property
     def other_core_share(self) -> float:
-        """Work on the benchmark's cores by neither server nor client (other processes,
-        hypervisor steal, interrupts), in cores: noise when well above a few percent."""
-        other = self.cores_busy_s - self.server_cpu_s - self.client_cpu_s
+        """Work on the benchmark's cores by neither server nor client nor workload (other
+        processes, hypervisor steal, interrupts), in cores: noise when well above a few
+        percent."""
+        other = self.cores_busy_s - self.server_cpu_s - self.client_cpu_s - self.workload_cpu_s
         return max(0.0, other / self.wall_s) if self.wall_s else 0.0
 
 
 async def measure(start_workers: Callable[[Run], Awaitable[List["asyncio.Task"]]],
                   server_cpu: Callable[[], float], cores_busy: Callable[[], float],
                   warmup_s: float, seconds: float,
-                  during: Optional[Callable[[], Awaitable[None]]] = None) -> Result:
+                  during: Optional[Callable[[], Awaitable[None]]] = None,
+                  workload_cpu: Optional[Callable[[], float]] = None) -> Result:
     """Start the workers, warm up, measure for ``seconds``, stop them.
 
     ``server_cpu`` and ``cores_busy`` are CPU-seconds counters read at both ends of the
@@ -232,20 +251,25 @@ async def measure(start_workers: Callable[[Run], Awaitable[List["asyncio.Task"]]
 
     ``during`` (if given) is awaited after the warm-up, before the window opens: scenario
     (c) starts its slow create_db calls there.
+
+    ``workload_cpu`` (if given) is a CPU-seconds counter of helper processes that belong
+    to the load (bench/fetch.py: the jobs' processes), read at both ends too, so that
+    their work is not counted as "other".
     """
+    workload = workload_cpu or (lambda: 0.0)
     run = Run()
     tasks = await start_workers(run)
     try:
         await asyncio.sleep(warmup_s)
         if during is not None:
             await during()
-        busy0, cpu0, client0 = cores_busy(), server_cpu(), time.process_time()
+        work0, busy0, cpu0, client0 = workload(), cores_busy(), server_cpu(), time.process_time()
         t0 = time.perf_counter()
         run.measuring = True
         await asyncio.sleep(seconds)
         run.measuring = False
         t1 = time.perf_counter()
-        busy1, cpu1, client1 = cores_busy(), server_cpu(), time.process_time()
+        busy1, cpu1, client1, work1 = cores_busy(), server_cpu(), time.process_time(), workload()
     finally:
         run.stopping = True
         _, pending = await asyncio.wait(tasks, timeout=CONNECT_TIMEOUT_S + 5)
@@ -261,7 +285,7 @@ async def measure(start_workers: Callable[[Run], Awaitable[List["asyncio.Task"]]
                   latencies_ms=[1000.0 * s for s in run.latencies_s],
                   server_cpu_s=cpu1 - cpu0, client_cpu_s=client1 - client0,
                   cores_busy_s=busy1 - busy0,
-                  first_error=run.first_error)
+                  first_error=run.first_error, workload_cpu_s=work1 - work0)
 
 
 def keep_alive_load(port: int, ctx: ssl.SSLContext, raw: bytes, connections: int):

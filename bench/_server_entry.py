@@ -1,15 +1,17 @@
 """Child-process entry of the benchmark: runs ONE server and prints ``READY <port>``.
 
-    python bench/_server_entry.py {ours,bare,slow} --ca_crt C --server_crt S --server_key K
+    python bench/_server_entry.py {ours,bare,slow,jobs} --ca_crt C --server_crt S --server_key K
                                   --state_dir DIR [--slow_s 5]
 
 ours  the real gateway: ``Config(...)`` served by ``sqlflow_playground.cli.serve``.
+jobs  the real gateway with the ``process`` task type enabled, quotas of 2000 jobs (per
+      user and in all) and a fetch timeout of a day (bench/fetch.py).
 bare  the floor: a Tornado app with one constant-JSON handler, same TLS context and
       HTTPServer settings as the gateway.
 slow  the real gateway, but its sqlite provisioner sleeps ``--slow_s`` in the blocking
       ``_create`` (which runs in the gateway's executor, as in production).
 
-All three listen on an ephemeral port of 127.0.0.1, log at WARNING (so Tornado's access
+All of them listen on an ephemeral port of 127.0.0.1, log at WARNING (so Tornado's access
 log is discarded alike in all of them) and stop on SIGTERM/SIGINT. With BENCH_PROFILE=PATH
 in the environment, the IOLoop thread is run under cProfile and its stats dumped to PATH.
 SIGUSR1 writes every thread's stack to stderr (the benchmark sends it when a server hangs).
@@ -65,6 +67,19 @@ async def run_ours(args: argparse.Namespace) -> None:
     await cli.serve(gateway_config(args), on_started=lambda gateway: announce(gateway.port))
 
 
+# -- jobs ------------------------------------------------------------------------
+
+JOBS_QUOTA = 2000
+JOBS_FETCH_TIMEOUT_S = 86400.0
+
+
+async def run_jobs(args: argparse.Namespace) -> None:
+    config = gateway_config(args).replace(
+        enable_process_jobs=True, max_jobs_per_user=JOBS_QUOTA, max_jobs=JOBS_QUOTA,
+        fetch_timeout_s=JOBS_FETCH_TIMEOUT_S)
+    await cli.serve(config, on_started=lambda gateway: announce(gateway.port))
+
+
 # -- slow ------------------------------------------------------------------------
 
 class SlowSqliteProvisioner(SqliteProvisioner):
@@ -114,7 +129,7 @@ async def run_bare(args: argparse.Namespace) -> None:
         await http.close_all_connections()
 
 
-RUNNERS = {"ours": run_ours, "bare": run_bare, "slow": run_slow}
+RUNNERS = {"ours": run_ours, "bare": run_bare, "slow": run_slow, "jobs": run_jobs}
 
 
 def main() -> None:

@@ -1,0 +1,358 @@
+"""Fetch benchmark: how fast is Fetch with 1,000 jobs in the store, and how soon does a
+line printed by a running job reach a long-polling client?
+Run:  .venv/bin/python bench/fetch.py [--quick]
+
+Server: the real Gateway (``_server_entry.py jobs``: the ``process`` task type on, quotas
+of 2000 jobs, fetch_timeout_s a day), one process, mutual TLS with certificates from
+scripts/gen_cert.sh, 127.0.0.1 only, a temporary state dir (sqlite store and jobs dir),
+logging at WARNING.
+
+Jobs, submitted by a frontend certificate for 100 users u00..u99:
+  900 finished: ``/bin/echo`` jobs, followed to eof like a client would. They are run by
+      the server started unpinned, so that their 900 start-ups (a Python runner each)
+      spread over all cores; the server is then stopped and started again, pinned to
+      core 0 with taskset, on the same state dir (finished jobs stay as they were).
+  100 tickers: running ``process`` jobs started by the pinned server, each a Python
+      command printing ``N TIMESTAMP`` (``time.time()`` as repr) every 0.2-0.5 s, which
+      moves itself off the benchmark's two cores when the machine has other cores.
+The store and the jobs dir hold 1,000 jobs; each user has 9 finished jobs and 1 ticker.
+
+The load generator is this process (pinned to core 1, asyncio on uvloop), raw HTTP/1.1
+over keep-alive mutual-TLS connections. Each scenario: warm-up, then a measured window.
+  (i)   fetch: 16 connections, one request at a time each: GET /api/jobs/{token}?since=
+        {cursor} (no wait), round-robin over the 1,000 jobs (shuffled); each job's cursor
+        moves on to the answer's ``next``, as a client's would: a finished job answers
+        nothing new and eof, a ticker the lines since the last visit. Latency as the
+        client sees it.
+  (ii)  delivery: 100 long-pollers, one per ticker, each on its own connection:
+        GET /api/jobs/{token}?since={cursor}&wait=30, again as soon as the answer came.
+        A line's delay = the client's time.time() when the answer arrived minus the
+        timestamp in the line. A waiting long-poll re-reads the job's output every 50 ms
+        (jobs.POLL_INTERVAL_S), so 0-50 ms (25 on average) of the delay is by design.
+  (iii) both at once.
+
+Columns: "req/s" counts answers of that row's kind (fetches, or long-poll answers);
+"samples" the latencies (fetch) or line delays (delivery) in the window, of which
+p50/p99/max are given. "srv ms/req" is the server process's CPU time (utime+stime, all
+threads) over the window divided by ALL requests answered in it (both kinds in iii);
+"srv core" / "cli core" the share of one core used by server and load generator; "jobs"
+what the tickers and their runners used, where they ran on the benchmark's cores;
+"other" what else ran on those cores (/proc/stat): above 15% the row is noise.
+Targets (informational; the exit code is 0 unless something crashed): fetch p99 < 20 ms,
+delivery p99 < 100 ms, each alone and in (iii).
+
+Reading: the fetch clients are a closed loop, so once the server's core is saturated
+(srv core ~90-100%) a fetch waits behind the other connections' and its latency is about
+connections x srv ms/req; "srv ms/req" is the figure to improve, and ``--connections 1``
+shows the latency of a fetch on its own. In (ii) the server is not saturated: its CPU is
+what 100 waiting long-polls cost (each re-reads its job every 50 ms), per answer.
+--quick: 2 s windows after 1 s warm-up and 300 jobs (200 finished); setting up the
+finished jobs goes at ~25 submits/s, so 1,000 jobs take ~40 s before anything is measured.
+--profile: (iii) only, with the server's IOLoop thread under cProfile.
+
+Clean-up: a process job's runner lives in its own session and survives the server, so
+the tickers are cancelled (DELETE /api/jobs/{token}) before the server stops; then any
+job command still running under the jobs dir (child.pgid) is killed; and every ticker
+exits by itself once the benchmark should long have ended.
+"""
+import argparse
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import _jobs_load as jl
+import _load
+import _servers
+import heartbeat as hb
+from _jobs_load import Job, Samples
+from _load import Result
+
+TARGET_FETCH_P99_MS = 20.0
+TARGET_DELIVERY_P99_MS = 100.0
+USERS = 100
+SETUP_CONNECTIONS = 16
+SETUP_TIMEOUT_S = 180.0  # for the finished jobs to finish, the tickers to print
+SCENARIOS = ("i", "ii", "iii")
+FETCH, DELIVERY = "fetch", "delivery"
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, help="measured window (default 10)")
+    p.add_argument("--warmup", type=float, help="warm-up before each window (default 2)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: defaults --seconds 2 --warmup 1 --jobs 300 (the server "
+                   "takes ~25 submits/s, so 1000 jobs take 40 s to set up)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="jobs in the store, tickers included (default 1000)")
+    p.add_argument("--tickers", type=int, default=100, help="running jobs and long-pollers")
+    p.add_argument("--connections", type=int, default=16, help="fetch connections in (i), (iii)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help="comma-separated, of i, ii, iii (default all)")
+    p.add_argument("--no_pin", action="store_true", help="do not pin server and client to cores")
+    p.add_argument("--profile", action="store_true",
+                   help="only run (iii) with the server under cProfile and print its top costs")
+    args = p.parse_args(argv)
+    for name, default, quick in (("seconds", 10.0, 2.0), ("warmup", 2.0, 1.0),
+                                 ("jobs", 1000, 300)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else default)
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if args.profile:
+        args.scenarios = ["iii"]
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown or not 0 < args.tickers <= args.jobs:
+        p.error(f"bad --scenarios {sorted(unknown)} or --tickers/--jobs")
+    return args
+
+
+def user(i: int) -> str:
+    return f"u{i % USERS:02d}"
+
+
+# -- setup --------------------------------------------------------------------------------
+
+def ticker_seconds(args: argparse.Namespace) -> float:
+    """How long a ticker prints: the whole benchmark with a wide margin, not forever."""
+    return SETUP_TIMEOUT_S + len(SCENARIOS) * (args.warmup + args.seconds + 20) + 60
+
+
+async def make_finished_jobs(server: _servers.ServerProcess, front_ctx,
+                             n: int) -> Tuple[List[Job], str]:
+    pool = jl.Pool(server.port, front_ctx, SETUP_CONNECTIONS)
+    try:
+        cpu0, t0 = server.cpu_seconds(), time.monotonic()
+        jobs = await jl.submit_all(pool, [
+            (user(i), ["/bin/echo", f"finished job {i} of {n} for {user(i)}"], False, 60.0)
+            for i in range(n)])
+        cpu1, t1 = server.cpu_seconds(), time.monotonic()
+        await jl.follow_all(pool, jobs, SETUP_TIMEOUT_S, until_eof=True)
+        t2 = time.monotonic()
+    finally:
+        pool.close()
+    return jobs, (f"{n} /bin/echo jobs submitted in {t1 - t0:.1f}s ({n / (t1 - t0):.0f}/s, "
+                  f"server CPU {1000 * (cpu1 - cpu0) / n:.1f} ms per submit), all followed "
+                  f"to eof {t2 - t1:.1f}s later")
+
+
+async def start_tickers(pool: jl.Pool, args: argparse.Namespace,
+                        cores: List[int]) -> Tuple[List[Job], str]:
+    seconds = ticker_seconds(args)
+    command = jl.ticker_command(seconds, cores)
+    t0 = time.monotonic()
+    tickers = await jl.submit_all(pool, [(user(i), command, True, seconds + 30)
+                                         for i in range(args.tickers)])
+    t1 = time.monotonic()
+    await jl.follow_all(pool, tickers, SETUP_TIMEOUT_S, until_eof=False)  # printed a line
+    t2 = time.monotonic()
+    return tickers, (f"{len(tickers)} tickers submitted in {t1 - t0:.1f}s, all printing "
+                     f"{t2 - t1:.1f}s later")
+
+
+async def store_census(pool: jl.Pool, jobs_dir: Path) -> str:
+    counts = []
+    for status in ("SUCCEEDED", "RUNNING"):
+        code, answer = await pool.call("GET", f"/api/jobs?status={status}")
+        counts.append(f"{len(answer['jobs']) if code == 200 else '?'} {status}")
+    return f"store: {' + '.join(counts)}; jobs dir: {len(os.listdir(jobs_dir))} entries"
+
+
+# -- scenarios ------------------------------------------------------------------------------
+
+def scenario_load(name: str, port: int, ctx, jobs: List[Job], tickers: List[Job],
+                  args: argparse.Namespace) -> Tuple[Callable, Dict[str, Samples]]:
+    samples: Dict[str, Samples] = {}
+    starts = []
+    if name in ("i", "iii"):
+        samples[FETCH] = Samples()
+        starts.append(jl.fetch_load(port, ctx, jobs, args.connections, samples[FETCH]))
+    if name in ("ii", "iii"):
+        samples[DELIVERY] = Samples()
+        starts.append(jl.long_poll_load(port, ctx, tickers, samples[DELIVERY]))
+    return jl.together(*starts), samples
+
+
+async def run_scenario(name: str, server: _servers.ServerProcess, ctx, jobs: List[Job],
+                       tickers: List[Job], args: argparse.Namespace,
+                       workload_cpu: Callable[[], float]) -> Tuple[Result, Dict[str, Samples]]:
+    load, samples = scenario_load(name, server.port, ctx, jobs, tickers, args)
+    result = await _load.measure(load, server.cpu_seconds,
+                                 lambda: _servers.busy_seconds(args.cores),
+                                 args.warmup, args.seconds, workload_cpu=workload_cpu)
+    return result, samples
+
+
+# -- reporting ------------------------------------------------------------------------------
+
+def label(name: str, args: argparse.Namespace) -> str:
+    return {"i": f"(i) fetch x{args.connections}, {args.jobs} jobs",
+            "ii": f"(ii) {args.tickers} long-polls",
+            "iii": "(iii) (i) and (ii) together"}[name]
+
+
+HEADER = (f"{'scenario':<30} {'row':<8} {'req/s':>7} {'samples':>7} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'max ms':>7} {'srv ms/req':>10} {'srv core':>8} {'cli core':>8} "
+          f"{'jobs':>5} {'other':>6} {'errors':>6}")
+
+
+def rows(name: str, args: argparse.Namespace, r: Result, samples: Dict[str, Samples]) -> List[str]:
+    answered = sum(s.requests for s in samples.values())
+    cpu_per_request = 1000.0 * r.server_cpu_s / answered if answered else float("nan")
+    out = []
+    for what, s in samples.items():
+        out.append(
+            f"{label(name, args):<30} {what:<8} {s.requests / r.wall_s:>7.0f} "
+            f"{len(s.values_ms):>7} {s.percentile(50):>7.2f} {s.percentile(99):>7.2f} "
+            f"{s.max:>7.2f} {cpu_per_request:>10.3f} {r.server_core_share:>8.0%} "
+            f"{r.client_core_share:>8.0%} {r.workload_core_share:>5.0%} "
+            f"{r.other_core_share:>6.0%} {s.errors + r.errors:>6}")
+    return out
+
+
+def show(name: str, args: argparse.Namespace, r: Result, samples: Dict[str, Samples]) -> None:
+    for line in rows(name, args, r, samples):
+        print(line, flush=True)
+    for what, s in samples.items():
+        if s.errors:
+            print(f"    {what}: {s.errors} error(s); first: {s.first_error}", flush=True)
+    if r.errors:
+        print(f"    {r.errors} worker(s) failed; first: {r.first_error}", flush=True)
+
+
+def summary(args: argparse.Namespace, results: Dict[str, Tuple[Result, Dict[str, Samples]]],
+            notes: List[str]) -> None:
+    print("\n== summary " + "=" * 110)
+    print(HEADER)
+    for name, (r, samples) in results.items():
+        for line in rows(name, args, r, samples):
+            print(line)
+    print("\ntargets (informational; \"noisy\": other work ran on the benchmark's cores):")
+    for name, (r, samples) in results.items():
+        for what, target in ((FETCH, TARGET_FETCH_P99_MS), (DELIVERY, TARGET_DELIVERY_P99_MS)):
+            s = samples.get(what)
+            if s is None:
+                continue
+            p99 = s.percentile(99)
+            ok = p99 < target and not s.errors
+            noisy = " (noisy)" if r.other_core_share > hb.NOISY_OTHER_SHARE else ""
+            name_ = f"{label(name, args)}: {what} {'latency' if what == FETCH else 'delay'} p99"
+            print(f"  {name_ + f' < {target:g} ms':<62} {p99:>9.2f} ms  {hb.verdict(ok)}{noisy}")
+    for note in notes:
+        print("note: " + note)
+
+
+# -- orchestration ---------------------------------------------------------------------------
+
+async def setup_finished(args: argparse.Namespace, keys: _servers.KeyStore,
+                         start: Callable) -> Tuple[List[Job], str]:
+    server = start(core=None)  # unpinned: job start-ups spread over all cores
+    try:
+        front_ctx = _load.client_context(keys.ca, keys.crt("front"), keys.key("front"))
+        return await make_finished_jobs(server, front_ctx, args.jobs - args.tickers)
+    finally:
+        server.stop()
+
+
+async def run_all(args: argparse.Namespace, keys: _servers.KeyStore, start: Callable,
+                  jobs_dir: Path, profile_to: Optional[Path]) -> None:
+    finished, note = await setup_finished(args, keys, start)
+    print("setup: " + note, flush=True)
+    server = start(core=args.server_core, profile_to=profile_to)
+    ctx = _load.client_context(keys.ca, keys.crt("front"), keys.key("front"))
+    pool = jl.Pool(server.port, ctx, SETUP_CONNECTIONS)
+    tickers: List[Job] = []
+    try:
+        tickers, note = await start_tickers(pool, args, args.job_cores)
+        print("setup: " + note, flush=True)
+        print("setup: " + await store_census(pool, jobs_dir), flush=True)
+        jobs = finished + tickers
+        random.Random(0).shuffle(jobs)
+        commands, runners = jl.job_processes(jobs_dir, tickers)
+        shared = not args.job_cores or set(args.job_cores) & set(args.cores)
+        counted = runners + (commands if shared else [])  # their CPU is "jobs", not "other"
+        print(f"setup: {len(commands)} ticker commands, {len(runners)} runners; the load "
+              f"generator uses {args.connections} + {len(tickers)} connections\n", flush=True)
+        print(HEADER, flush=True)
+        results: Dict[str, Tuple[Result, Dict[str, Samples]]] = {}
+        for name in args.scenarios:
+            results[name] = await run_scenario(name, server, ctx, jobs, tickers, args,
+                                               lambda: jl.processes_cpu_seconds(counted))
+            show(name, args, *results[name])
+            if results[name][0].requests + sum(s.requests for s in results[name][1].values()) == 0:
+                hb.report_hang(server)
+    finally:
+        if tickers:
+            problems = await jl.cancel_all(pool, tickers)
+            if problems:
+                print(f"note: cancelling {len(problems)} ticker(s) failed, e.g. {problems[0]}")
+        pool.close()
+    notes = hb.saturation_notes({name: r for name, (r, _) in results.items()})
+    notes.append("delivery delay includes up to 50 ms by design: a waiting long-poll looks "
+                 "at the job's output every 50 ms (jobs.POLL_INTERVAL_S).")
+    if args.profile:
+        print("(that run was under cProfile: its figures are inflated)")
+        server.stop()
+        print_profile(profile_to)
+        return
+    tail = server.log_tail(5)
+    if tail:
+        notes.append("the server logged (last lines):\n    " + tail.replace("\n", "\n    "))
+    summary(args, results, notes)
+
+
+def print_profile(path: Path) -> None:
+    import pstats
+    stats = pstats.Stats(str(path))
+    print("\nIOLoop thread only: the plugin's get() and the store's queries run in executor "
+          "threads and show here only as the futures they resolve. cProfile inflates call-"
+          "heavy code, so compare shares, not times. Includes the tickers' start-up.")
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats("sqlflow_playground|tornado/web.py", 25)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below runs
+    args.server_core, pin_note = hb.pin_self(args)
+    usable = _servers.usable_cores()
+    if args.server_core is None:
+        args.cores, args.job_cores = usable, []
+    else:
+        args.cores = [hb.SERVER_CORE, hb.CLIENT_CORE]
+        args.job_cores = [c for c in usable if c not in args.cores] or usable
+    print(f"fetch bench: {args.jobs} jobs ({args.tickers} running), {args.seconds:g}s windows "
+          f"after {args.warmup:g}s warm-up; {pin_note}; job commands on cores "
+          f"{args.job_cores or 'any'}", flush=True)
+    servers: List[_servers.ServerProcess] = []
+    with tempfile.TemporaryDirectory(prefix="sqlflow-bench-") as tmp:
+        workdir = Path(tmp).resolve()
+        keys = _servers.KeyStore(workdir / "key_store")
+        jobs_dir = workdir / "jobs" / "state" / "jobs"  # ServerProcess("jobs").workdir/state
+
+        def start(core: Optional[int], profile_to: Optional[Path] = None) -> _servers.ServerProcess:
+            server = _servers.ServerProcess("jobs", keys, workdir, core, profile_to=profile_to)
+            servers.append(server)
+            server.start()
+            return server
+
+        try:
+            hb.run_loop(run_all(args, keys, start, jobs_dir,
+                                workdir / "jobs.prof" if args.profile else None))
+        finally:
+            for server in servers:
+                server.stop()
+            killed = jl.kill_leftovers(jobs_dir)
+            if killed:
+                print(f"note: killed {killed} job command(s) still running after the server "
+                      "stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
