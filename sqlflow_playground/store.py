@@ -88,7 +88,10 @@ class Store:
         if self.url.get_backend_name() == "sqlite" and self.url.database:
             os.makedirs(os.path.dirname(os.path.abspath(self.url.database)), exist_ok=True)
         # hide_parameters: rows hold data sources with passwords; errors must not print them.
-        self.engine = sa.create_engine(self.url, hide_parameters=True, pool_pre_ping=True)
+        # pre-ping guards against a database server that dropped idle connections; a
+        # sqlite file has none to drop, and the ping would cost every request a query.
+        self.engine = sa.create_engine(self.url, hide_parameters=True,
+                                       pool_pre_ping=self.url.get_backend_name() != "sqlite")
         if self.url.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
