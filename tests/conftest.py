@@ -182,6 +182,16 @@ def fetch_as(certs, server):
     return as_user
 
 
+def wait_until(predicate, timeout=15.0):
+    """Poll ``predicate`` until it holds (True) or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def fetch_until_eof(fetch, token, cursor="", wait=5, timeout=60):
     """Every response from ``cursor`` to the end, as (last body, responses, [(cursor, n)])."""
     responses, marks, deadline = [], [], time.monotonic() + timeout

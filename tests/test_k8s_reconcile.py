@@ -7,7 +7,7 @@ import time
 import pytest
 from kubernetes import client as k8s
 
-from conftest import client_context, request
+from conftest import client_context, request, wait_until
 from sqlflow_playground.k8s import objects
 from sqlflow_playground.k8s.clients import shared_api_client
 from sqlflow_playground.k8s.names import managed_selector
@@ -42,29 +42,20 @@ def test_watch_broken_by_410_gone_relists_and_loses_no_change(sim, core):
     try:
         core.create_namespaced_pod("default", objects.make_job_pod("p1", "u", "t1", "img",
                                                                    command=SLEEP))
-        assert wait(lambda: reflector.get("p1") is not None)
+        assert wait_until(lambda: reflector.get("p1") is not None)
         gate.clear()  # the next watch, after this one times out, waits here
         time.sleep(1.5)
         core.delete_namespaced_pod("p1", "default")
         core.create_namespaced_pod("default", objects.make_job_pod("p2", "u", "t2", "img",
                                                                    command=SLEEP))
-        assert wait(lambda: pods(sim) == ["p2"])
+        assert wait_until(lambda: pods(sim) == ["p2"])
         sim.compact()  # the watch will resume from a resourceVersion the server forgot
         gate.set()
-        assert wait(lambda: reflector.relists >= 2)
-        assert wait(lambda: sorted(reflector.objects) == ["p2"])
-        assert wait(lambda: reflector.get("p2")["status"]["phase"] == "Running")
+        assert wait_until(lambda: reflector.relists >= 2)
+        assert wait_until(lambda: sorted(reflector.objects) == ["p2"])
+        assert wait_until(lambda: reflector.get("p2")["status"]["phase"] == "Running")
     finally:
         reflector.stop()
-
-
-def wait(predicate, timeout=15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -90,10 +81,10 @@ def test_reconcile_deletes_orphans_and_keeps_what_the_store_knows(server, sim, c
         "sfp-mysql-ghost", "ghost", "pw" * 12, "playground", "sqlflow"), owned))
     core.create_namespaced_service("default", objects.with_owner(objects.make_mysql_service(
         "sfp-mysql-ghost", "ghost", "sfp-mysql-ghost"), owned))
-    assert wait(lambda: len(server.gateway.cluster.pods.objects) == len(kept) + 2)
+    assert wait_until(lambda: len(server.gateway.cluster.pods.objects) == len(kept) + 2)
 
     assert server.call(server.gateway.reconciler.run()) == 2
-    assert wait(lambda: pods(sim) == kept)
+    assert wait_until(lambda: pods(sim) == kept)
     for plural in ("secrets", "services"):
         names = [o["metadata"]["name"] for o in sim.list_objects("", "v1", plural, "default")]
         assert "sfp-mysql-ghost" not in names and len(names) == 1
@@ -105,9 +96,9 @@ def test_job_whose_pod_vanished_becomes_unknown(server, sim, core, certs, monkey
     alice = client_context(certs.dir, "alice")
     token = request(server.port, alice, "POST", "/api/jobs", {
         "task_type": "pod", "spec": {"image": "img", "command": SLEEP}}).body["token"]
-    assert wait(lambda: len(pods(sim)) == 1)
+    assert wait_until(lambda: len(pods(sim)) == 1)
     core.delete_namespaced_pod(pods(sim)[0], "default")
-    assert wait(lambda: not server.gateway.cluster.pods.objects)
+    assert wait_until(lambda: not server.gateway.cluster.pods.objects)
     body = request(server.port, alice, "GET", f"/api/jobs/{token}").body
     assert body["status"] == "UNKNOWN" and "gone" in body["message"]
 
@@ -117,7 +108,7 @@ def test_user_whose_mysql_pod_vanished_is_provisioned_anew(server, sim, core, ce
     first = request(server.port, front, "POST", "/api/create_db", {"user_id": "bob"}).body
     name = pods(sim)[0]
     core.delete_namespaced_pod(name, "default")
-    assert wait(lambda: server.gateway.cluster.pods.get(name) is None)
+    assert wait_until(lambda: server.gateway.cluster.pods.get(name) is None)
     again = request(server.port, front, "POST", "/api/create_db", {"user_id": "bob"}).body
     assert again["created"] is True and again["data_source"] != first["data_source"]
     assert pods(sim) == [name]

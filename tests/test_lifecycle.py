@@ -7,7 +7,7 @@ import urllib.request
 
 import sqlalchemy
 
-from conftest import request, client_context
+from conftest import client_context, request, wait_until
 
 
 class FakeClock:
@@ -20,15 +20,6 @@ class FakeClock:
 
 def db_path(resp):
     return resp.body["data_source"][len("sqlite:///"):]
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_idle_reaper_releases_exactly_the_idle_users(server, fetch_as):
