@@ -239,6 +239,21 @@ class Result:
         return max(0.0, other / self.wall_s) if self.wall_s else 0.0
 
 
+async def stop_workers(run, tasks, timeout_s: float) -> None:
+    """Ask the workers to stop, cancel those that do not, and count the ones that died
+    (even outside the measured window: a worker that died is news)."""
+    run.stopping = True
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=5)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            run.errors += 1
+            run.first_error = run.first_error or f"worker failed: {task.exception()!r}"
+
+
 async def measure(start_workers: Callable[[Run], Awaitable[List["asyncio.Task"]]],
                   server_cpu: Callable[[], float], cores_busy: Callable[[], float],
                   warmup_s: float, seconds: float,
@@ -271,16 +286,7 @@ async def measure(start_workers: Callable[[Run], Awaitable[List["asyncio.Task"]]
         t1 = time.perf_counter()
         busy1, cpu1, client1, work1 = cores_busy(), server_cpu(), time.process_time(), workload()
     finally:
-        run.stopping = True
-        _, pending = await asyncio.wait(tasks, timeout=CONNECT_TIMEOUT_S + 5)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=5)
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            run.errors += 1  # counted even outside the window: a worker that died is news
-            run.first_error = run.first_error or f"worker failed: {task.exception()!r}"
+        await stop_workers(run, tasks, CONNECT_TIMEOUT_S + 5)
     return Result(requests=len(run.latencies_s) + run.errors, errors=run.errors, wall_s=t1 - t0,
                   latencies_ms=[1000.0 * s for s in run.latencies_s],
                   server_cpu_s=cpu1 - cpu0, client_cpu_s=client1 - client0,

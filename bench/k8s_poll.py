@@ -391,16 +391,7 @@ async def run_phase(name: str, clients: int, pause_s: float, worker: Callable[[R
         gw1, sim1, t1 = gateway.cpu_seconds(), sim.cpu_seconds(), time.perf_counter()
         api = await asyncio.to_thread(sim.counts)
     finally:
-        run.stopping = True
-        _, pending = await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT_S + 5)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=5)
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            run.errors += 1  # a worker that died is news even outside the window
-            run.first_error = run.first_error or f"worker failed: {task.exception()!r}"
+        await _load.stop_workers(run, tasks, REQUEST_TIMEOUT_S + 5)
     return Phase(name, clients, pause_s, len(run.latencies_s) + run.errors, run.errors, run.first_error,
                  t1 - t0, [1000.0 * s for s in run.latencies_s], api, gw1 - gw0, sim1 - sim0)
 
