@@ -5,18 +5,22 @@ restart or another replica sees every job. Plugins do the work; this service own
 tokens, ownership, quotas, long-polling and the reaper of abandoned and expired jobs.
 """
 import asyncio
+import collections
+import functools
+import inspect
 import logging
 import os
 import secrets
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from .blocking import BlockingRunner
 from .errors import (BadRequest, Conflict, NotFound, PlaygroundError, QuotaExceeded,
                      Unavailable)
 from .identity import Identity
+from .longpoll import LongPolls
 from .plugins.base import (CANCELLED, FAILED, PENDING, RUNNING, STATUSES, UNKNOWN, TaskContext,
                            TaskState, is_terminal)
 from .plugins.registry import PluginRegistry
@@ -25,7 +29,8 @@ from .store import READY, Store
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 30.0
-POLL_INTERVAL_S = 0.05
+POLL_INTERVAL_S = 0.05  # how often waiting fetches look at their jobs (all in one go)
+ENDED_CACHE_SIZE = 4096  # finished jobs whose end is known: see _answer_from_memory
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,13 @@ class JobService:
         self.clock = clock
         self._fetched: Dict[str, float] = {}  # token -> last fetch, written in batches
         self._submit_lock = asyncio.Lock()
+        self._polls = LongPolls(runner, POLL_INTERVAL_S)
+        # token -> (summary, cursor at the end of its output) of jobs seen finished and
+        # read to the end: immutable until purged, so any replica may remember them.
+        self._ended: "collections.OrderedDict[str, tuple]" = collections.OrderedDict()
+        # token -> row of the unfinished jobs running in this process: no other replica
+        # writes their rows (see _require_here), so the copy here is as good as the store's.
+        self._running_here: Dict[str, Dict[str, Any]] = {}
 
     # -- requests ------------------------------------------------------------
 
@@ -96,6 +108,7 @@ class JobService:
         await self.runner.run(self.store.update_job, token, meta=meta)
         job = await self.runner.run(self.store.get_job, token)
         job, _ = await self._observe(job, "", 0)  # PENDING until the plugin says RUNNING
+        self._keep(job)
         log.info("job %s… %s/%s submitted by %s", token[:8], task_type, version, user_id)
         return {"token": token, "status": job["status"]}
 
@@ -105,22 +118,32 @@ class JobService:
         request until there is something new or ``wait`` seconds have passed."""
         if not 0 <= wait <= MAX_WAIT_S:
             raise BadRequest(f"wait must be between 0 and {MAX_WAIT_S:g} seconds")
-        job = await self._visible_job(viewer, token)
+        answer = self._answer_from_memory(viewer, token, since)
+        if answer is not None:
+            self._fetched[token] = self.clock()
+            return answer
+        stored, probe, seen = await self._look(viewer, token, since)
         self._fetched[token] = self.clock()
-        deadline = time.monotonic() + wait
-        seen_status = job["status"]
-        while True:
-            job, state = await self._observe(job, since, self.settings.fetch_page_bytes)
-            news = state.responses or state.status != seen_status or is_terminal(state.status)
-            if news or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(POLL_INTERVAL_S)
+        job, state = await self._settle(stored, seen, since)
+        if wait > 0 and probe is not None and not self._is_news(stored, seen):
+            news = await self._polls.wait(probe.fn, probe.blocking,
+                                          functools.partial(self._is_news, job), wait)
+            if news is not None:
+                seen = news
+                job, state = await self._settle(job, seen, since)
         eof = is_terminal(state.status) and (state.more is False or not state.responses)
+        if eof and seen is not None and is_terminal(seen.status):
+            self._remember_end(job, state.cursor)
         return {**self._summary(job), "responses": state.responses, "next": state.cursor,
                 "eof": eof}
 
     async def status(self, viewer: Identity, token: str) -> Dict[str, Any]:
         """The job's status without its output (counts as a fetch)."""
+        ended = self._ended.get(token)
+        if ended is not None and self._still_kept(ended[0]):
+            self._check_visible(viewer, ended[0])
+            self._fetched[token] = self.clock()
+            return dict(ended[0])
         job = await self._visible_job(viewer, token)
         self._fetched[token] = self.clock()
         job, _ = await self._observe(job, "", 0)
@@ -177,6 +200,10 @@ class JobService:
             done["purged_job"] += await self._each(job, self._purge(job))
         return done
 
+    def close(self) -> None:
+        """At shutdown: waiting fetches answer now rather than hold the server up."""
+        self._polls.close()
+
     async def flush_fetches(self) -> None:
         if self._fetched:
             fetched, self._fetched = self._fetched, {}
@@ -195,13 +222,18 @@ class JobService:
 
     async def _visible_job(self, viewer: Identity, token: str) -> Dict[str, Any]:
         job = await self.runner.run(self.store.get_job, token) if token else None
+        return self._check_visible(viewer, job)
+
+    @staticmethod
+    def _check_visible(viewer: Identity, job: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         if job is None or not (viewer.is_frontend or job["user_id"] == viewer.name):
             raise NotFound("no such job")  # the same answer for "not yours": no probing
         return job
 
     async def _check_quota(self, user_id: str) -> None:
         for job in await self.runner.run(self.store.active_jobs, user_id):
-            await self._observe(job, "", 0)  # finished but never fetched: not counted
+            if self._is_here(job):
+                await self._observe(job, "", 0)  # finished but never fetched: not counted
         mine = await self.runner.run(self.store.count_active_jobs, user_id)
         if mine >= self.settings.max_jobs_per_user:
             raise QuotaExceeded(f"user {user_id!r} already has {mine} unfinished jobs "
@@ -211,14 +243,50 @@ class JobService:
             raise QuotaExceeded(f"the server is running {total} jobs "
                                 f"(max_jobs={self.settings.max_jobs}); try again later")
 
-    async def _observe(self, job: Dict[str, Any], cursor: str, max_bytes: int):
-        """Ask the plugin how the job is doing; record a status change in the store."""
-        if job["meta"] is None:  # not started (yet): nothing to ask
-            return job, TaskState(status=job["status"], message=job["message"], cursor=cursor)
+    def _probe(self, job: Dict[str, Any], cursor: str, max_bytes: int) -> Optional["Probe"]:
+        """The plugin's ``get`` for this job, bound to its arguments; None if the job has
+        not started (yet): there is nothing to ask."""
+        if job["meta"] is None:
+            return None
         plugin = self.registry.get(job["task_type"], job["version"])
         self._require_here(plugin, job)
         ctx = self._context(job, max_bytes=max_bytes)
-        state: TaskState = await self.registry.call(plugin.get, ctx, job["meta"], cursor)
+        return Probe(functools.partial(plugin.get, ctx, job["meta"], cursor),
+                     not inspect.iscoroutinefunction(plugin.get))
+
+    def _load(self, viewer: Identity, token: str, cursor: str):
+        """Blocking: the job (checked visible to ``viewer``), the probe of its plugin and,
+        if that probe is blocking too, its observation: a fetch's one trip to the executor."""
+        job = self._check_visible(viewer, self.store.get_job(token) if token else None)
+        probe = self._probe(job, cursor, self.settings.fetch_page_bytes)
+        return job, probe, probe.fn() if probe is not None and probe.blocking else None
+
+    async def _look(self, viewer: Identity, token: str, cursor: str):
+        job = self._running_here.get(token)
+        if job is not None:
+            self._check_visible(viewer, job)
+            probe = self._probe(job, cursor, self.settings.fetch_page_bytes)
+            seen = await self.runner.run(probe.fn) if probe.blocking else await probe.fn()
+            return job, probe, seen
+        job, probe, seen = await self.runner.run(self._load, viewer, token, cursor)
+        self._keep(job)
+        if probe is not None and not probe.blocking:
+            seen = await probe.fn()
+        return job, probe, seen
+
+    async def _observe(self, job: Dict[str, Any], cursor: str, max_bytes: int):
+        """Ask the plugin how the job is doing; record a status change in the store."""
+        probe = self._probe(job, cursor, max_bytes)
+        seen = None
+        if probe is not None:
+            seen = await (self.runner.run(probe.fn) if probe.blocking else probe.fn())
+        return await self._settle(job, seen, cursor)
+
+    async def _settle(self, job: Dict[str, Any], seen: Optional[TaskState], cursor: str):
+        """Reconcile what the plugin saw with the store: the job and the state to answer."""
+        if seen is None:
+            return job, TaskState(status=job["status"], message=job["message"], cursor=cursor)
+        state = TaskState(**vars(seen))
         if is_terminal(job["status"]):
             # The service's verdict (cancelled, failed at restart) stands; output still flows.
             state.status, state.message = job["status"], job["message"]
@@ -227,6 +295,38 @@ class JobService:
             job = await self._record(job, state)
         return job, state
 
+    @staticmethod
+    def _is_news(job: Dict[str, Any], seen: Optional[TaskState]) -> bool:
+        """Whether a waiting fetch should answer: what the plugin saw differs from ``job``
+        as the store had it, or the job is over."""
+        return seen is None or bool(seen.responses) or seen.status != job["status"] \
+            or is_terminal(seen.status) or is_terminal(job["status"])
+
+    def _answer_from_memory(self, viewer: Identity, token: str,
+                            since: str) -> Optional[Dict[str, Any]]:
+        """A finished job fetched at the end of its output: nothing new, and nothing can
+        come, so the answer needs neither the store nor the plugin. A cache of immutable
+        rows, valid until the job is purged (``job_ttl_s`` after it finished)."""
+        ended = self._ended.get(token)
+        if ended is None or ended[1] != since or not self._still_kept(ended[0]):
+            return None
+        self._check_visible(viewer, ended[0])
+        self._ended.move_to_end(token)
+        return {**ended[0], "responses": [], "next": since, "eof": True}
+
+    def _remember_end(self, job: Dict[str, Any], end: str) -> None:
+        summary = self._summary(job)
+        if summary["finished_at"] is None:
+            return
+        self._ended[job["token"]] = (summary, end)
+        self._ended.move_to_end(job["token"])
+        while len(self._ended) > ENDED_CACHE_SIZE:
+            self._ended.popitem(last=False)
+
+    def _still_kept(self, summary: Dict[str, Any]) -> bool:
+        """False once the job may have been purged (by any replica)."""
+        return self.clock() - summary["finished_at"] < self.settings.job_ttl_s
+
     async def _record(self, job: Dict[str, Any], state: TaskState) -> Dict[str, Any]:
         values: Dict[str, Any] = {"status": state.status, "message": state.message}
         if is_terminal(state.status):
@@ -234,8 +334,11 @@ class JobService:
         elif state.status == RUNNING and job["started_at"] is None:
             values["started_at"] = self.clock()
         if await self.runner.run(self.store.update_job, job["token"], True, **values):
-            return {**job, **values}
-        return await self.runner.run(self.store.get_job, job["token"])  # someone else did
+            job = {**job, **values}
+        else:  # someone else did
+            job = await self.runner.run(self.store.get_job, job["token"])
+        self._keep(job)
+        return job
 
     async def _finish(self, job: Dict[str, Any], status: str, message: str,
                       outputs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -253,6 +356,7 @@ class JobService:
         if is_terminal(job["status"]):
             return job
         if claim_first:
+            self._running_here.pop(job["token"], None)
             won = await self.runner.run(self.store.update_job, job["token"], True,
                                         status=CANCELLED, message=reason,
                                         finished_at=self.clock())
@@ -269,6 +373,16 @@ class JobService:
         log.info("job %s… cancelled: %s", job["token"][:8], reason)
         return job
 
+    def _keep(self, job: Optional[Dict[str, Any]]) -> None:
+        """Remember the row of an unfinished job running here; forget any other."""
+        if job is None:
+            return
+        if job["meta"] is not None and not is_terminal(job["status"]) and self._is_here(job) \
+                and self.registry.get(job["task_type"], job["version"]).runs_locally:
+            self._running_here[job["token"]] = job
+        else:
+            self._running_here.pop(job["token"], None)
+
     def _is_here(self, job: Dict[str, Any]) -> bool:
         try:
             plugin = self.registry.get(job["task_type"], job["version"])
@@ -283,6 +397,7 @@ class JobService:
                               f"{job['replica']!r}; ask that server")
 
     async def _purge(self, job: Dict[str, Any]) -> None:
+        self._ended.pop(job["token"], None)
         await self.runner.run(self.store.delete_job, job["token"])
         await self.runner.run(shutil.rmtree, self._workdir(job["token"]), True)
 
@@ -300,3 +415,9 @@ class JobService:
         return {key: job[key] for key in (
             "token", "user_id", "task_type", "version", "status", "message", "outputs",
             "created_at", "started_at", "finished_at", "fetch_timeout_s")}
+
+
+class Probe(NamedTuple):
+    """A plugin's ``get`` for one job and cursor; ``blocking``: run it in the executor."""
+    fn: Callable[[], Any]
+    blocking: bool

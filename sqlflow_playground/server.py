@@ -202,6 +202,7 @@ class Gateway:
         for plain in (self.health, self.metrics_http):
             if plain is not None:
                 plain.stop()
+        self.jobs.close()
         if self.http is not None:
             self.http.stop()
             try:

@@ -1,0 +1,99 @@
+"""Long-polling fetches that share one look at their jobs per interval.
+
+A fetch with ``wait`` must notice new output within a fraction of a second, yet a hundred
+clients each re-reading their job on their own would cost a hundred trips to the executor
+every interval. Instead every waiting fetch registers a probe here, and one ticker, while
+anybody waits, runs all the blocking probes in a single executor call (and the async ones
+on the IOLoop) every ``interval_s``, waking each waiter whose probe found news.
+"""
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional, Set
+
+from .blocking import BlockingRunner
+
+
+@dataclass(eq=False)
+class _Waiter:
+    probe: Callable[[], Any]  # returns an observation (a coroutine if not ``blocking``)
+    blocking: bool
+    is_news: Callable[[Any], bool]
+    future: "asyncio.Future[Any]" = field(default_factory=lambda: asyncio.get_running_loop()
+                                          .create_future())
+
+
+def _probe_all(waiters: List[_Waiter]) -> List[tuple]:
+    """Run blocking probes one after another in one executor thread: (result, error)."""
+    out = []
+    for w in waiters:
+        try:
+            out.append((w.probe(), None))
+        except Exception as e:  # delivered to that waiter alone
+            out.append((None, e))
+    return out
+
+
+class LongPolls:
+    def __init__(self, runner: BlockingRunner, interval_s: float):
+        self.runner = runner
+        self.interval_s = interval_s
+        self._waiters: Set[_Waiter] = set()
+        self._ticker: Optional["asyncio.Task[None]"] = None
+        self._closed = False
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def wait(self, probe: Callable[[], Any], blocking: bool,
+                   is_news: Callable[[Any], bool], timeout_s: float) -> Optional[Any]:
+        """The first observation of ``probe`` that ``is_news``, or None after ``timeout_s``.
+
+        An exception raised by the probe is raised here."""
+        if self._closed:
+            return None
+        waiter = _Waiter(probe, blocking, is_news)
+        self._waiters.add(waiter)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.ensure_future(self._tick())
+        try:
+            return await asyncio.wait_for(waiter.future, timeout_s)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            self._waiters.discard(waiter)
+
+    def close(self) -> None:
+        """Answer every waiting fetch now (with nothing new) and stop the ticker."""
+        self._closed = True
+        for w in self._waiters:
+            if not w.future.done():
+                w.future.set_result(None)
+        if self._ticker is not None:
+            self._ticker.cancel()
+
+    async def _tick(self) -> None:
+        while self._waiters:
+            await asyncio.sleep(self.interval_s)
+            waiters = [w for w in self._waiters if not w.future.done()]
+            blocking = [w for w in waiters if w.blocking]
+            others = [w for w in waiters if not w.blocking]
+            try:
+                results = await self.runner.run(_probe_all, blocking) if blocking else []
+            except Exception as e:  # the executor itself failed (shutting down)
+                results = [(None, e)] * len(blocking)
+            results += await asyncio.gather(*(_probe_async(w) for w in others))
+            for w, (result, error) in zip(blocking + others, results):
+                if w.future.done():
+                    continue  # timed out meanwhile
+                if error is not None:
+                    w.future.set_exception(error)
+                elif w.is_news(result):
+                    w.future.set_result(result)
+
+
+async def _probe_async(w: _Waiter) -> tuple:
+    try:
+        return await w.probe(), None
+    except Exception as e:
+        return None, e
