@@ -200,9 +200,9 @@ class JobService:
             done["purged_job"] += await self._each(job, self._purge(job))
         return done
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """At shutdown: waiting fetches answer now rather than hold the server up."""
-        self._polls.close()
+        await self._polls.close()
 
     async def flush_fetches(self) -> None:
         if self._fetched:

@@ -7,6 +7,7 @@ anybody waits, runs all the blocking probes in a single executor call (and the a
 on the IOLoop) every ``interval_s``, waking each waiter whose probe found news.
 """
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Set
 
@@ -63,18 +64,26 @@ class LongPolls:
         finally:
             self._waiters.discard(waiter)
 
-    def close(self) -> None:
-        """Answer every waiting fetch now (with nothing new) and stop the ticker."""
+    async def close(self) -> None:
+        """Answer every waiting fetch now (with nothing new), stop the ticker, and return
+        once those fetches have written their answers (before connections are closed)."""
         self._closed = True
         for w in self._waiters:
             if not w.future.done():
                 w.future.set_result(None)
         if self._ticker is not None:
             self._ticker.cancel()
+        deadline = time.monotonic() + 1.0
+        while self._waiters and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)  # each leaves on its next turn of the loop
 
     async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_look = loop.time()
         while self._waiters:
-            await asyncio.sleep(self.interval_s)
+            # Every interval_s, however long a look takes (unless longer than that).
+            next_look = max(next_look + self.interval_s, loop.time())
+            await asyncio.sleep(next_look - loop.time())
             waiters = [w for w in self._waiters if not w.future.done()]
             blocking = [w for w in waiters if w.blocking]
             others = [w for w in waiters if not w.blocking]

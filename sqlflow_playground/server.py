@@ -202,9 +202,10 @@ class Gateway:
         for plain in (self.health, self.metrics_http):
             if plain is not None:
                 plain.stop()
-        self.jobs.close()
         if self.http is not None:
             self.http.stop()
+        await self.jobs.close()
+        if self.http is not None:
             try:
                 await tornado.gen.with_timeout(datetime.timedelta(seconds=5),
                                                self.http.close_all_connections())

@@ -292,3 +292,70 @@ def test_finished_jobs_and_their_output_are_purged_after_job_ttl(make_server, fe
     server.call(server.gateway.jobs.reap())
     assert alice("GET", f"/api/jobs/{token}").status == 404
     assert not os.path.exists(workdir)
+
+
+class CountingCalls:
+    """Wraps a store method and counts the calls that reach it."""
+
+    def __init__(self, store, name):
+        self.calls, self._real = 0, getattr(store, name)
+        setattr(store, name, self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self._real(*args, **kwargs)
+
+
+def test_a_finished_job_fetched_at_its_end_needs_no_store_until_it_may_be_purged(
+        make_server, fetch_as):
+    server = make_server(enable_process_jobs=True, job_ttl_s=3)
+    alice, bob = fetch_as("alice", server.port), fetch_as("bob", server.port)
+    token = submit(alice, ["/bin/echo", "one line"])
+    body, responses, _ = fetch_until_eof(alice, token)
+    end = body["next"]
+    reads = CountingCalls(server.gateway.jobs.store, "get_job")
+    for _ in range(20):
+        again = alice("GET", f"/api/jobs/{token}?since={end}").body
+        assert again["eof"] and again["responses"] == [] and again["next"] == end
+        assert again["status"] == "SUCCEEDED" and again["finished_at"] == body["finished_at"]
+    assert reads.calls == 0
+    assert bob("GET", f"/api/jobs/{token}?since={end}").status == 404  # still not bob's
+    assert messages(alice("GET", f"/api/jobs/{token}").body["responses"]) == ["one line"]
+    assert reads.calls == 1  # another cursor: read as before
+    time.sleep(max(0.0, body["finished_at"] + 3.1 - time.time()))
+    alice("GET", f"/api/jobs/{token}?since={end}")
+    assert reads.calls == 2  # past job_ttl_s another replica may have purged it: ask
+    server.call(server.gateway.jobs.reap())
+    assert alice("GET", f"/api/jobs/{token}?since={end}").status == 404
+
+
+def test_fetching_a_running_job_reads_its_row_from_memory_yet_sees_every_change(alice,
+                                                                               jobs_server):
+    reads = CountingCalls(jobs_server.gateway.jobs.store, "get_job")
+    token = submit(alice, [PY, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+                   fetch_timeout_s=0.5)
+    for _ in range(10):
+        assert alice("GET", f"/api/jobs/{token}").body["status"] == "RUNNING"
+    assert reads.calls <= 1  # the submit's own read; fetches none
+    time.sleep(0.6)
+    jobs_server.call(jobs_server.gateway.jobs.reap())  # abandoned: cancelled by the reaper
+    body = alice("GET", f"/api/jobs/{token}").body
+    assert body["status"] == "CANCELLED" and "not fetched" in body["message"]
+
+
+def test_stopping_the_server_answers_waiting_fetches_at_once(make_server, fetch_as):
+    server = make_server(enable_process_jobs=True)
+    alice = fetch_as("alice", server.port)
+    token = submit(alice, [PY, "-c", "import time; time.sleep(60)"])
+    with ThreadPoolExecutor(4) as pool:
+        waits = [pool.submit(alice, "GET", f"/api/jobs/{token}?wait=30") for _ in range(4)]
+        time.sleep(0.5)
+        assert not any(w.done() for w in waits)
+        start = time.monotonic()
+        server.stop()
+        answers = [w.result(timeout=10) for w in waits]
+        took = time.monotonic() - start
+    assert [a.status for a in answers] == [200] * 4
+    assert took < 3  # not held until the 5 s close timeout, let alone the 30 s wait
+    with open(os.path.join(server.gateway.jobs._workdir(token), "child.pgid")) as fh:
+        os.killpg(int(fh.read()), 9)  # the stopped server left its job running, as it should

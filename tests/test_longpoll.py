@@ -1,0 +1,122 @@
+"""Long-polling fetches share one look at their jobs per interval (longpoll.LongPolls)."""
+import asyncio
+import threading
+import time
+
+import pytest
+
+from sqlflow_playground.blocking import BlockingRunner
+from sqlflow_playground.longpoll import LongPolls
+
+INTERVAL_S = 0.05
+
+
+class CountingRunner(BlockingRunner):
+    """A BlockingRunner that counts its trips to the executor."""
+
+    def __init__(self):
+        super().__init__(4)
+        self.trips = 0
+
+    async def run(self, fn, *args, **kwargs):
+        self.trips += 1
+        return await super().run(fn, *args, **kwargs)
+
+
+@pytest.fixture
+def runner():
+    r = CountingRunner()
+    yield r
+    r.shutdown()
+
+
+class Source:
+    """What a job has printed; a probe returns how many lines there are (from a thread)."""
+
+    def __init__(self):
+        self.lines = 0
+        self.threads = set()
+
+    def probe(self):
+        self.threads.add(threading.get_ident())
+        return self.lines
+
+
+def test_many_waiters_cost_one_executor_trip_per_interval(runner):
+    async def main():
+        polls = LongPolls(runner, INTERVAL_S)
+        sources = [Source() for _ in range(50)]
+        waits = [asyncio.ensure_future(polls.wait(s.probe, True, lambda n: n > 0, 5))
+                 for s in sources]
+        await asyncio.sleep(10 * INTERVAL_S)
+        assert polls.waiting == 50 and not any(w.done() for w in waits)
+        trips_while_quiet = runner.trips
+        for s in sources:
+            s.lines = 1
+        results = await asyncio.gather(*waits)
+        return trips_while_quiet, results, sources
+
+    trips, results, sources = asyncio.run(main())
+    assert results == [1] * 50
+    # ~10 looks in 10 intervals, each one trip for all 50 waiters (not 500 trips)
+    assert 5 <= trips <= 12
+    assert all(len(s.threads) == 1 and threading.get_ident() not in s.threads
+               for s in sources)  # blocking probes run in the executor, not the loop
+
+
+def test_news_wakes_a_waiter_within_an_interval_and_quiet_times_out(runner):
+    async def main():
+        polls = LongPolls(runner, INTERVAL_S)
+        source = Source()
+        quiet = await polls.wait(source.probe, True, lambda n: n > 0, 0.2)
+        waiting = asyncio.ensure_future(polls.wait(source.probe, True, lambda n: n > 0, 5))
+        await asyncio.sleep(0.12)
+        start = time.monotonic()
+        source.lines = 3
+        news = await waiting
+        return quiet, news, time.monotonic() - start, polls.waiting
+
+    quiet, news, delay, left = asyncio.run(main())
+    assert quiet is None and news == 3 and left == 0
+    assert delay < 2 * INTERVAL_S + 0.05
+
+
+def test_async_probes_run_on_the_loop_and_errors_reach_only_their_waiter(runner):
+    async def main():
+        polls = LongPolls(runner, INTERVAL_S)
+        calls = []
+
+        async def async_probe():
+            calls.append(threading.get_ident())
+            return len(calls)
+
+        def broken():
+            raise ValueError("the job's files are gone")
+
+        good = asyncio.ensure_future(polls.wait(async_probe, False, lambda n: n >= 3, 5))
+        bad = asyncio.ensure_future(polls.wait(broken, True, lambda n: True, 5))
+        with pytest.raises(ValueError, match="files are gone"):
+            await bad
+        return await good, calls
+
+    result, calls = asyncio.run(main())
+    assert result == 3 and set(calls) == {threading.get_ident()}
+
+
+def test_close_answers_every_waiter_at_once_and_later_waits_do_not_wait(runner):
+    async def main():
+        polls = LongPolls(runner, INTERVAL_S)
+        source = Source()
+        waits = [asyncio.ensure_future(polls.wait(source.probe, True, lambda n: n > 0, 30))
+                 for _ in range(5)]
+        await asyncio.sleep(0.1)
+        start = time.monotonic()
+        await polls.close()
+        results = await asyncio.gather(*waits)
+        after = await polls.wait(source.probe, True, lambda n: n > 0, 30)
+        await asyncio.sleep(0)
+        return results, after, time.monotonic() - start, polls._ticker.done()
+
+    results, after, took, ticker_done = asyncio.run(main())
+    assert results == [None] * 5 and after is None
+    assert took < 0.5 and ticker_done
