@@ -96,3 +96,15 @@ def test_a_local_job_is_followed_only_by_the_replica_that_runs_it(replicas, cert
     b.call(b.gateway.jobs.reap())
     assert request(a.port, alice, "GET", f"/api/jobs/{token}").body["status"] == "RUNNING"
     assert request(a.port, alice, "DELETE", f"/api/jobs/{token}").body["status"] == "CANCELLED"
+
+
+def test_a_local_job_on_one_replica_does_not_stop_its_owner_submitting_on_the_other(
+        replicas, certs):
+    a, b = replicas
+    alice = client_context(certs.dir, "alice")
+    sleep = {"task_type": "process", "spec": {"command": [PY, "-c", "import time; time.sleep(60)"]}}
+    first = request(a.port, alice, "POST", "/api/jobs", sleep).body["token"]
+    second = request(b.port, alice, "POST", "/api/jobs", sleep)  # the quota check looks at both
+    assert second.status == 201, second.body
+    assert request(b.port, alice, "DELETE", f"/api/jobs/{second.body['token']}").status == 200
+    assert request(a.port, alice, "DELETE", f"/api/jobs/{first}").status == 200
