@@ -53,8 +53,10 @@ class PodRuntime:
 class Kubelet:
     def __init__(self, store: Store, port: int, *, node_name: str = "sim-node",
                  startup_delay: float = 0.05, mysql_ready_delay: float = 0.2,
-                 max_grace_s: float = 2.0, restart_backoff_s: float = 0.2) -> None:
+                 max_grace_s: float = 2.0, restart_backoff_s: float = 0.2,
+                 log_clock_resolution_ns: int = 1) -> None:
         self.store, self.port, self.node_name = store, port, node_name
+        self.log_clock_resolution_ns = log_clock_resolution_ns
         self.startup_delay, self.mysql_ready_delay = startup_delay, mysql_ready_delay
         self.max_grace_s, self.restart_backoff_s = max_grace_s, restart_backoff_s
         self.image_pull_backoff_images: set = set()
@@ -73,7 +75,8 @@ class Kubelet:
         uid = ev.obj["metadata"]["uid"]
         if ev.type == "ADDED":
             r = self.pods[uid] = PodRuntime(ev.obj["metadata"]["namespace"],
-                                            ev.obj["metadata"]["name"], uid)
+                                            ev.obj["metadata"]["name"], uid,
+                                            ContainerLog(self.log_clock_resolution_ns))
             r.task = asyncio.get_running_loop().create_task(self._run(r))
         elif ev.type == "DELETED" and uid in self.pods:
             self._kill(self.pods.pop(uid), signal.SIGKILL)

@@ -6,6 +6,8 @@ RFC3339Nano form (``2024-05-01T12:00:00.123456789Z``); ``sinceTime`` keeps the l
 after a time that the API server has already cut to whole seconds (it re-formats the
 parameter with Go's ``time.RFC3339`` before asking the kubelet); ``sinceSeconds``,
 ``tailLines`` and ``limitBytes`` as documented; ``follow`` streams until the container ends.
+A node's clock may be coarse: with ``resolution_ns`` > 1 the timestamps are cut to it, so
+consecutive lines may share one (as stdout and stderr lines written together do).
 """
 import asyncio
 import datetime
@@ -37,14 +39,17 @@ def parse_since_time(value: str) -> int:
 class ContainerLog:
     """The lines one container wrote, each with the time it arrived, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, resolution_ns: int = 1) -> None:
         self.lines: List[Tuple[int, bytes]] = []
         self.closed = False
+        self.resolution_ns = resolution_ns
         self._changed = asyncio.Event()
 
     def append(self, line: bytes) -> None:
         t = time.time_ns()
-        if self.lines and t <= self.lines[-1][0]:
+        if self.resolution_ns > 1:  # a coarse clock: equal timestamps, never going back
+            t = max(t - t % self.resolution_ns, self.lines[-1][0] if self.lines else 0)
+        elif self.lines and t <= self.lines[-1][0]:
             t = self.lines[-1][0] + 1
         self.lines.append((t, line))
         self._notify()
@@ -57,11 +62,15 @@ class ContainerLog:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+    async def wait(self, timeout: float, interrupt: Optional[asyncio.Event] = None) -> None:
+        """Until the log changes, ``interrupt`` is set, or ``timeout`` passes."""
+        waits = [asyncio.ensure_future(self._changed.wait())]
+        if interrupt is not None:
+            waits.append(asyncio.ensure_future(interrupt.wait()))
+        _, pending = await asyncio.wait(waits, timeout=timeout,
+                                        return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
 
     def select(self, since_ns: Optional[int] = None, tail: Optional[int] = None,
                start: int = 0) -> List[Tuple[int, bytes]]:

@@ -4,7 +4,9 @@ Mirrors the API server proxying to the kubelet: 400 with ``container "c" in pod 
 waiting to start: …`` before the container ran, 400 when a pod with several containers is
 asked without ``container``; otherwise the first container's output filtered by
 ``sinceTime``/``sinceSeconds``/``tailLines``/``limitBytes``, optionally ``timestamps``, and
-with ``follow=true`` streamed until the container ends or the client goes away.
+with ``follow=true`` streamed until the container ends or the client goes away (or, if the
+simulator has a ``log_follow_timeout_s``, that long; the real API server sets none). Open
+streams are kept in ``sim.log_streams`` so that tests can count and break them.
 """
 import asyncio
 
@@ -56,12 +58,16 @@ class LogHandler(SimHandler):
         sent, position = len(out), len(log.lines)
         self.write(out)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.sim.default_watch_timeout_s
+        timeout = self.sim.log_follow_timeout_s
+        deadline = loop.time() + timeout if timeout else None
+        self.interrupt = asyncio.Event()  # set by a client's leaving or by cut_log_streams
+        self.sim.log_streams.add(self)
         try:
             await self.flush()
-            while not (log.closed or self.request.connection.stream.closed()) \
-                    and loop.time() < deadline and (limit is None or sent < limit):
-                await log.wait(0.5)
+            while not (log.closed or self.interrupt.is_set()) \
+                    and (deadline is None or loop.time() < deadline) \
+                    and (limit is None or sent < limit):
+                await log.wait(deadline - loop.time() if deadline else 30.0, self.interrupt)
                 fresh = logs.render(log.select(since_ns, start=position), stamps)
                 position = len(log.lines)
                 fresh = fresh[:limit - sent] if limit else fresh
@@ -70,4 +76,19 @@ class LogHandler(SimHandler):
                 await self.flush()
         except tornado.iostream.StreamClosedError:
             return
+        finally:
+            self.sim.log_streams.discard(self)
+        if self.request.connection.stream.closed():
+            return
         self.finish()
+
+    def on_connection_close(self) -> None:
+        interrupt = getattr(self, "interrupt", None)
+        if interrupt is not None:
+            interrupt.set()
+
+    def cut(self) -> None:
+        """Break the stream as a failing network or API server would: the connection
+        closes with no end-of-body, so the client sees a truncated response."""
+        self.request.connection.stream.close()
+        self.interrupt.set()

@@ -43,13 +43,22 @@ class KubeSimulator:
     :param default_watch_timeout_s: how long a watch without ``timeoutSeconds`` stays open.
     :param bookmark_interval_s: how often a watch with ``allowWatchBookmarks`` gets one.
     :param max_grace_s: cap on a deleted pod's termination grace period.
+    :param log_follow_timeout_s: how long a ``follow=true`` log stream stays open; None
+        (the real API server's behaviour): until the container ends or the client leaves.
+    :param log_clock_resolution_ns: the node clock's resolution for log timestamps; above 1,
+        consecutive lines may share a timestamp.
     """
 
     def __init__(self, *, history_limit: int = 1000, startup_delay: float = 0.05,
                  mysql_ready_delay: float = 0.2, schema_version: Optional[str] = None,
                  default_watch_timeout_s: float = 60.0, bookmark_interval_s: float = 1.0,
-                 max_grace_s: float = 2.0, restart_backoff_s: float = 0.2) -> None:
+                 max_grace_s: float = 2.0, restart_backoff_s: float = 0.2,
+                 log_follow_timeout_s: Optional[float] = None,
+                 log_clock_resolution_ns: int = 1) -> None:
         self.history_limit, self.startup_delay = history_limit, startup_delay
+        self.log_follow_timeout_s = log_follow_timeout_s
+        self.log_clock_resolution_ns = log_clock_resolution_ns
+        self.log_streams: set = set()  # LogHandlers following a log now (the loop's own)
         self.mysql_ready_delay, self.max_grace_s = mysql_ready_delay, max_grace_s
         self.restart_backoff_s = restart_backoff_s
         self.schema_version = schema_version or newest_schema_version()
@@ -102,7 +111,8 @@ class KubeSimulator:
         self.kubelet = Kubelet(self.store, self.port, startup_delay=self.startup_delay,
                                mysql_ready_delay=self.mysql_ready_delay,
                                max_grace_s=self.max_grace_s,
-                               restart_backoff_s=self.restart_backoff_s)
+                               restart_backoff_s=self.restart_backoff_s,
+                               log_clock_resolution_ns=self.log_clock_resolution_ns)
         self.kubelet.image_pull_backoff_images = self.image_pull_backoff_images
         self.gc.terminate_pod = self.kubelet.terminate
         self.jobs = JobController(self.store)
@@ -124,6 +134,8 @@ class KubeSimulator:
 
     async def _shutdown(self) -> None:
         self.http_server.stop()
+        for stream in list(self.log_streams):
+            stream.cut()
         for watcher in list(self.store.watchers):
             watcher.close()
         await self.kubelet.shutdown()
@@ -175,6 +187,21 @@ class KubeSimulator:
     def compact(self) -> int:
         """Forget the event history: a watch from any earlier resourceVersion gets 410."""
         return self.call(self.store.compact)
+
+    def open_log_streams(self, name: Optional[str] = None) -> int:
+        """How many ``follow=true`` log streams (of pod ``name``, or of any pod) are open."""
+        return self.call(lambda: sum(1 for h in self.log_streams
+                                     if name is None or h.path_kwargs.get("name") == name))
+
+    def cut_log_streams(self, name: Optional[str] = None) -> int:
+        """Break the open log streams (of pod ``name``, or all) mid-way; how many."""
+        def cut() -> int:
+            streams = [h for h in self.log_streams
+                       if name is None or h.path_kwargs.get("name") == name]
+            for h in streams:
+                h.cut()
+            return len(streams)
+        return self.call(cut)
 
     def fail_pod(self, namespace: str, name: str, reason: str = "ImagePullBackOff",
                  message: Optional[str] = None) -> None:
