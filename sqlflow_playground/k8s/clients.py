@@ -61,6 +61,19 @@ def shared_api_client(kubeconfig: Optional[str] = None) -> client.ApiClient:
         return api
 
 
+def streaming_api_client(kubeconfig: Optional[str], pool_maxsize: int) -> client.ApiClient:
+    """A client of its own for long-lived streams (log follows), not shared: each open stream
+    holds a connection for as long as it lasts, so sharing the pool of ``shared_api_client``
+    would starve the short calls and make urllib3 discard connections ("connection pool is
+    full"). ``pool_maxsize``: the most streams open at once. The caller closes it."""
+    configuration = load_config(os.path.abspath(os.path.expanduser(kubeconfig))
+                                if kubeconfig else None)
+    configuration.connection_pool_maxsize = pool_maxsize
+    api = client.ApiClient(configuration)
+    api.user_agent = USER_AGENT
+    return api
+
+
 def close_shared_clients() -> None:
     """Close every shared client (at shutdown, and between tests)."""
     with _lock:

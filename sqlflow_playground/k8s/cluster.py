@@ -2,14 +2,16 @@
 
 One ``Cluster`` per process, shared by the kubernetes provisioner and the task types, so
 there is one watch per kind (pods, batch Jobs, each custom workload kind) however many
-users and jobs there are.
+users and jobs there are, and one follower per running pod whose log is being fetched
+(``logfollow.py``), so fetching a pod's output does not cost a request per fetch either.
 """
 import threading
 from typing import Dict, Optional, Tuple
 
 from kubernetes import client as k8s
 
-from .clients import shared_api_client
+from .clients import shared_api_client, streaming_api_client
+from .logfollow import PodLogs
 from .names import managed_selector
 from .reflector import ResourceReflector
 
@@ -19,6 +21,7 @@ class Cluster:
 
     def __init__(self, namespace: str, kubeconfig: Optional[str] = None):
         self.namespace = namespace
+        self.kubeconfig = kubeconfig
         api = shared_api_client(kubeconfig)
         self.core = k8s.CoreV1Api(api)
         self.batch = k8s.BatchV1Api(api)
@@ -27,6 +30,11 @@ class Cluster:
                                       managed_selector(), "pods")
         self._workloads: Dict[Tuple[str, str, str], ResourceReflector] = {}
         self._lock = threading.Lock()
+        # Pod logs: followed streams on a client of their own (one connection each).
+        self.logs = PodLogs(api, self._stream_client, self.pods.get)
+
+    def _stream_client(self):
+        return streaming_api_client(self.kubeconfig, self.logs.followers.max_followers)
 
     def start(self) -> None:
         """Load the pod cache (blocking: call it through the executor)."""
@@ -58,6 +66,7 @@ class Cluster:
             return dict(self._workloads)
 
     def stop(self) -> None:
+        self.logs.close()
         self.pods.stop()
         for reflector in list(self._workloads.values()):
             reflector.stop()

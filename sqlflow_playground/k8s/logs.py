@@ -3,12 +3,17 @@
 The API's ``sinceTime`` has one-second resolution, and the official client does not even
 offer it, so the log is requested from the start of the cursor's second with
 ``timestamps=true``, and the lines the cursor has already covered are skipped: those
-before its timestamp, and the first ``n`` that share it.
+before its timestamp, and the first ``n`` that share it. So a line's place in the log is
+(its timestamp, its rank among the lines sharing that timestamp), and a cursor is the place
+of the last line returned: any replica, reading the log any way, agrees on it.
+
+``read_page``/``LogReader`` read a page per fetch; ``k8s/logfollow.py`` follows a running
+pod's log with one stream and answers fetches from memory, falling back to these.
 """
 import collections
 import threading
 import time
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from kubernetes.client.rest import ApiException
 
@@ -16,11 +21,13 @@ Cursor = Tuple[str, int]  # (RFC3339Nano timestamp of the last line returned, li
 
 
 def parse_cursor(cursor: str) -> Optional[Cursor]:
+    """``"stamp|n"`` -> (stamp, n); "" -> None. ValueError if it is not one."""
     if not cursor:
         return None
     stamp, _, count = cursor.rpartition("|")
     if not stamp or not count.isdigit():
         raise ValueError(cursor)
+    time_key(stamp)  # raises ValueError for a stamp that is not one
     return stamp, int(count)
 
 
@@ -31,7 +38,29 @@ def format_cursor(cursor: Optional[Cursor]) -> str:
 def time_key(stamp: str) -> Tuple[str, int]:
     """Orderable form of an RFC3339(Nano) UTC timestamp, whatever its fraction length."""
     whole, _, fraction = stamp.rstrip("Z").partition(".")
+    if fraction and not fraction.isdigit():
+        raise ValueError(stamp)
     return whole, int((fraction + "000000000")[:9])
+
+
+def whole_second(stamp: str) -> str:
+    """The ``sinceTime`` that asks for the lines of ``stamp``'s second on: the API server
+    cuts it to the second anyway."""
+    return stamp.split(".")[0].rstrip("Z") + "Z"
+
+
+def _log_request(api_client, namespace: str, name: str, query: List[Tuple[str, str]],
+                 timeout: Any) -> Any:
+    """GET pods/log (blocking); the response, unread. ApiException if it is not a 2xx."""
+    method, url, headers, body, post = api_client.param_serialize(
+        method="GET", resource_path="/api/v1/namespaces/{namespace}/pods/{name}/log",
+        path_params={"namespace": namespace, "name": name}, query_params=query,
+        header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"])
+    response = api_client.call_api(method, url, headers, body, post, _request_timeout=timeout)
+    if not 200 <= response.status < 300:
+        response.read()
+        raise ApiException(status=response.status, reason=response.reason)
+    return response
 
 
 def read_log(api_client, namespace: str, name: str, since: Optional[str],
@@ -39,16 +68,20 @@ def read_log(api_client, namespace: str, name: str, since: Optional[str],
     """GET pods/log with timestamps, from the start of ``since``'s second (blocking)."""
     query = [("timestamps", "true"), ("limitBytes", str(limit_bytes))]
     if since:
-        query.append(("sinceTime", since.split(".")[0].rstrip("Z") + "Z"))
-    method, url, headers, body, post = api_client.param_serialize(
-        method="GET", resource_path="/api/v1/namespaces/{namespace}/pods/{name}/log",
-        path_params={"namespace": namespace, "name": name}, query_params=query,
-        header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"])
-    response = api_client.call_api(method, url, headers, body, post, _request_timeout=30)
-    data = response.read()
-    if not 200 <= response.status < 300:
-        raise ApiException(status=response.status, reason=response.reason)
+        query.append(("sinceTime", whole_second(since)))
+    data = _log_request(api_client, namespace, name, query, 30).read()
     return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+
+
+def open_log_stream(api_client, namespace: str, name: str, since: Optional[str],
+                    read_timeout_s: float) -> Any:
+    """GET pods/log with ``follow=true&timestamps=true`` from the start of ``since``'s second
+    (blocking until the answer's headers): the urllib3 response, to be read as it comes
+    (``read1``) and closed by the caller. ApiException if it is not a 2xx."""
+    query = [("follow", "true"), ("timestamps", "true")]
+    if since:
+        query.append(("sinceTime", whole_second(since)))
+    return _log_request(api_client, namespace, name, query, (10, read_timeout_s)).response
 
 
 def read_page(api_client, namespace: str, name: str, cursor: Optional[Cursor],
@@ -114,9 +147,10 @@ class LogReader:
         return page
 
 
-def new_lines(log: str, cursor: Optional[Cursor], max_bytes: int,
-              complete: bool) -> Tuple[List[str], Optional[Cursor], bool]:
-    """The lines of ``log`` after ``cursor``, at most about ``max_bytes`` of them.
+def new_lines(log: str, cursor: Optional[Cursor], max_bytes: int, complete: bool,
+              line_overhead: int = 0) -> Tuple[List[str], Optional[Cursor], bool]:
+    """The lines of ``log`` after ``cursor``, at most about ``max_bytes`` of them (each
+    counted with a newline and ``line_overhead`` more bytes; one line at least).
 
     Returns (lines, next cursor, more): ``more`` is True when lines were left for later.
     A last line without a newline is held back unless ``complete`` (the pod has ended).
@@ -137,10 +171,10 @@ def new_lines(log: str, cursor: Optional[Cursor], max_bytes: int,
         if after is not None and key == after and skip:
             skip -= 1
             continue
-        if out and size + len(text) + 1 > max_bytes:
+        if out and size + len(text) + 1 + line_overhead > max_bytes:
             return out, last, True
         out.append(text)
-        size += len(text) + 1
+        size += len(text) + 1 + line_overhead
         same = last is not None and time_key(last[0]) == key
         last = (stamp, last[1] + 1 if same else 1)
     return out, last, False

@@ -3,7 +3,8 @@ PyTorchJob, …) run in the playground's namespace — the distributed mode of t
 
 The manifest is made safe by ``objects.prepare_workload``; status comes from the shared
 watch cache of its kind and the log lines from the pods carrying the job's label (pod
-cache), read incrementally per pod, so polling a job never GETs the workload.
+cache), per pod from the program's log streams (``k8s/logfollow.py``) or read incrementally,
+so polling a job never GETs the workload, nor reads a followed pod's log again.
 """
 import base64
 import contextlib
@@ -78,24 +79,6 @@ def decode_cursor(cursor: str) -> PodCursors:
         raise BadRequest(f"invalid cursor {cursor!r}") from None
 
 
-def prefixed_page(text: str, position: Optional[logs.Cursor], budget: int, complete: bool,
-                  pod: str) -> Tuple[List[str], Optional[logs.Cursor], bool]:
-    """``logs.new_lines`` whose page, once every line gets ``[pod] `` in front, still fits
-    ``budget`` (but holds a line at least)."""
-    lines, last, cut = logs.new_lines(text, position, budget, complete)
-    extra, size, fit = len(pod) + 3, 0, 0
-    for line in lines:
-        size += len(line) + 1 + extra
-        if size > budget:
-            break
-        fit += 1
-    if fit < len(lines):
-        raw = sum(len(line) + 1 for line in lines[:max(fit, 1)])
-        lines, last, _ = logs.new_lines(text, position, raw, complete)
-        cut = True
-    return lines, last, cut
-
-
 class K8sJobPlugin(TaskPlugin):
     task_type = "k8s_job"
     version = "v1"
@@ -114,7 +97,7 @@ class K8sJobPlugin(TaskPlugin):
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
-        self.logs = logs.LogReader(cluster.core.api_client)
+        self.logs = cluster.logs
 
     def create(self, ctx: TaskContext, spec: Dict[str, Any]) -> Dict[str, Any]:
         namespace = self.cluster.namespace
@@ -189,25 +172,25 @@ class K8sJobPlugin(TaskPlugin):
             if budget <= 0:
                 more = True
                 break
-            page = self.logs.page(meta["namespace"], name, logs.parse_cursor(position), budget,
-                                  phase in POD_DONE)
+            follow = phase == "Running" and not pod["metadata"].get("deletionTimestamp")
+            # Each line gets "[pod] " in front: the page must fit the budget with it.
+            page = self.logs.read(meta["namespace"], name, logs.parse_cursor(position), budget,
+                                  ended or phase in POD_DONE, follow, len(name) + 3)
             if page is None:
                 continue  # container not started yet, or already deleted
-            text, whole = page
-            lines, last, cut = prefixed_page(text, logs.parse_cursor(position), budget,
-                                             (ended or phase in POD_DONE) and whole, name)
-            state.responses += [{"message": f"[{name}] {line}"} for line in lines]
-            budget -= sum(len(line) + len(name) + 4 for line in lines)
-            finished = phase in POD_DONE and whole and not cut
-            positions[name] = [logs.format_cursor(last), 1 if finished else 0]
-            if cut or not whole:
+            state.responses += [{"message": f"[{name}] {line}"} for line in page.lines]
+            budget -= sum(len(line) + len(name) + 4 for line in page.lines)
+            finished = phase in POD_DONE and page.done
+            positions[name] = [logs.format_cursor(page.cursor), 1 if finished else 0]
+            if page.more:
                 more = True
                 break
         state.cursor = encode_cursor(positions)
         state.more = more
 
     def delete(self, ctx: TaskContext, meta: Dict[str, Any]) -> None:
-        """Delete the workload and, first, its pods (``Foreground``); gone already is fine."""
+        """Delete the workload and, first, its pods (``Foreground``); gone already is fine.
+        Their logs are no longer followed."""
         if (meta["group"], meta["version"], meta["plural"]) == BATCH:
             delete_if_present(self.cluster.batch.delete_namespaced_job, meta["name"],
                               meta["namespace"],
@@ -216,6 +199,10 @@ class K8sJobPlugin(TaskPlugin):
             delete_if_present(self.cluster.custom.delete_namespaced_custom_object,
                               meta["group"], meta["version"], meta["namespace"], meta["plural"],
                               meta["name"], body={"propagationPolicy": "Foreground"})
+        job = label_value(ctx.token)
+        for pod in list(self.cluster.pods.objects.values()):
+            if (pod["metadata"].get("labels") or {}).get(JOB_LABEL) == job:
+                self.logs.stop(meta["namespace"], pod["metadata"]["name"])
 
     def recover(self, ctx: TaskContext, meta: Dict[str, Any]) -> Optional[str]:
         return None  # the workload runs on in the cluster; get() follows it after a restart

@@ -1,8 +1,9 @@
 """The `pod` task type: one Kubernetes Pod per job.
 
 Status comes from the shared pod cache (a watch), so polling a job costs the API server
-nothing; only the log is read from the API, incrementally (see ``k8s/logs.py``), and only
-once the pod has started.
+nothing; the log, once the pod has started, comes from the program's one stream per running
+pod (``k8s/logfollow.py``), or is read from the API incrementally where that stream cannot
+answer (``k8s/logs.py``).
 """
 import time
 from typing import Any, Dict, Optional
@@ -64,7 +65,7 @@ class PodPlugin(TaskPlugin):
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
-        self.logs = logs.LogReader(cluster.core.api_client)
+        self.logs = cluster.logs
 
     def create(self, ctx: TaskContext, spec: Dict[str, Any]) -> Dict[str, Any]:
         self.cluster.start()
@@ -96,26 +97,28 @@ class PodPlugin(TaskPlugin):
             status, message = PENDING, waiting_reason(pod)
         state = TaskState(status=status, message=message, cursor=cursor)
         if status != PENDING and ctx.max_bytes > 0:
-            self._read_log(state, meta, cursor, ctx.max_bytes, complete=status != RUNNING)
+            # A pod being deleted is not worth a stream: it is about to end.
+            follow = not pod["metadata"].get("deletionTimestamp")
+            self._read_log(state, meta, cursor, ctx.max_bytes, status != RUNNING, follow)
         return state
 
     def _read_log(self, state: TaskState, meta: Dict[str, Any], cursor: str, max_bytes: int,
-                  complete: bool) -> None:
+                  complete: bool, follow: bool) -> None:
         try:
             position = logs.parse_cursor(cursor)
         except ValueError:
             raise BadRequest(f"invalid cursor {cursor!r}") from None
-        page = self.logs.page(meta["namespace"], meta["pod"], position, max_bytes, complete)
+        page = self.logs.read(meta["namespace"], meta["pod"], position, max_bytes, complete,
+                              follow)
         if page is None:
             return  # container not started yet, or already deleted: no log to read
-        text, whole = page
-        lines, position, more = logs.new_lines(text, position, max_bytes, complete and whole)
-        state.responses = [{"message": line} for line in lines]
-        state.cursor = logs.format_cursor(position)
-        state.more = more or not whole
+        state.responses = [{"message": line} for line in page.lines]
+        state.cursor = logs.format_cursor(page.cursor)
+        state.more = page.more
 
     def delete(self, ctx: TaskContext, meta: Dict[str, Any]) -> None:
         delete_if_present(self.cluster.core.delete_namespaced_pod, meta["pod"], meta["namespace"])
+        self.logs.stop(meta["namespace"], meta["pod"])
 
     def recover(self, ctx: TaskContext, meta: Dict[str, Any]) -> Optional[str]:
         return None  # the pod runs on in the cluster; get() follows it after a restart
