@@ -13,6 +13,7 @@ sim      ``tests/k8s_sim``'s ``running_simulator()`` (plain HTTP on 127.0.0.1, a
            reset    clears the counts; answers "ok"
            pods     names of the pods in namespace default
            pids     every pod process ever started (each led its own process group)
+           streams  how many follow=true log streams are open now
          EOF, ``quit``, SIGTERM or SIGINT stop the simulator, which kills every pod process.
 gateway  the real gateway (``cli.serve``) with the ``pod`` task type on, pointed at PATH,
          namespace default, quotas of 2000 jobs (per user and in all), fetch_timeout_s a
@@ -72,6 +73,8 @@ def run_sim(args: argparse.Namespace) -> None:
                 reply([p["metadata"]["name"] for p in sim.list_objects("", "v1", "pods", "default")])
             elif command == "pids":
                 reply(sim.spawned_pids)
+            elif command == "streams":
+                reply(sim.open_log_streams())
             elif command == "quit":
                 break
             else:
