@@ -18,13 +18,16 @@ SIGUSR1 writes every thread's stack to stderr (the benchmark sends it when a ser
 """
 import argparse
 import asyncio
+import concurrent.futures.thread
 import cProfile
 import faulthandler
 import json
 import os
+import pstats
 import signal
 import sys
 import time
+from typing import Any, List
 
 import tornado.netutil
 import tornado.web
@@ -147,13 +150,35 @@ def main() -> None:
     if not profile_path:
         asyncio.run(run)
         return
+    thread_profiles = profile_executor_threads()
     profiler = cProfile.Profile()
     profiler.enable()
     try:
         asyncio.run(run)
     finally:
         profiler.disable()
-        profiler.dump_stats(profile_path)
+        stats = pstats.Stats(profiler)
+        for profile in thread_profiles:
+            stats.add(profile)
+        stats.dump_stats(profile_path)
+
+
+def profile_executor_threads() -> List[cProfile.Profile]:
+    """Profile every executor thread started from now on too (cProfile sees one thread)."""
+    profiles: List[cProfile.Profile] = []
+    original = concurrent.futures.thread._worker
+
+    def worker(*args: Any, **kwargs: Any) -> None:
+        profile = cProfile.Profile()
+        profiles.append(profile)
+        profile.enable()
+        try:
+            original(*args, **kwargs)
+        finally:
+            profile.disable()
+
+    concurrent.futures.thread._worker = worker
+    return profiles
 
 
 if __name__ == "__main__":

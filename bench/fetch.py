@@ -27,8 +27,9 @@ over keep-alive mutual-TLS connections. Each scenario: warm-up, then a measured 
   (ii)  delivery: 100 long-pollers, one per ticker, each on its own connection:
         GET /api/jobs/{token}?since={cursor}&wait=30, again as soon as the answer came.
         A line's delay = the client's time.time() when the answer arrived minus the
-        timestamp in the line. A waiting long-poll re-reads the job's output every 50 ms
-        (jobs.POLL_INTERVAL_S), so 0-50 ms (25 on average) of the delay is by design.
+        timestamp in the line. Waiting long-polls are looked at together (one executor
+        call for all of them, longpoll.LongPolls) every 50 ms (jobs.POLL_INTERVAL_S), so
+        0-50 ms (25 on average) of the delay is by design.
   (iii) both at once.
 
 Columns: "req/s" counts answers of that row's kind (fetches, or long-poll answers);
@@ -45,10 +46,10 @@ Reading: the fetch clients are a closed loop, so once the server's core is satur
 (srv core ~90-100%) a fetch waits behind the other connections' and its latency is about
 connections x srv ms/req; "srv ms/req" is the figure to improve, and ``--connections 1``
 shows the latency of a fetch on its own. In (ii) the server is not saturated: its CPU is
-what 100 waiting long-polls cost (each re-reads its job every 50 ms), per answer.
+what 100 waiting long-polls cost (their jobs are all re-read every 50 ms), per answer.
 --quick: 2 s windows after 1 s warm-up and 300 jobs (200 finished); setting up the
 finished jobs goes at ~25 submits/s, so 1,000 jobs take ~40 s before anything is measured.
---profile: (iii) only, with the server's IOLoop thread under cProfile.
+--profile: (iii) only unless --scenarios says otherwise, with the server's IOLoop and executor threads under cProfile.
 
 Clean-up: a process job's runner lives in its own session and survives the server, so
 the tickers are cancelled (DELETE /api/jobs/{token}) before the server stops; then any
@@ -97,14 +98,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="comma-separated, of i, ii, iii (default all)")
     p.add_argument("--no_pin", action="store_true", help="do not pin server and client to cores")
     p.add_argument("--profile", action="store_true",
-                   help="only run (iii) with the server under cProfile and print its top costs")
+                   help="run (iii), or --scenarios, with the server under cProfile; print its top costs")
     args = p.parse_args(argv)
     for name, default, quick in (("seconds", 10.0, 2.0), ("warmup", 2.0, 1.0),
                                  ("jobs", 1000, 300)):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else default)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    if args.profile:
+    if args.profile and args.scenarios == list(SCENARIOS):
         args.scenarios = ["iii"]
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown or not 0 < args.tickers <= args.jobs:
@@ -293,8 +294,8 @@ async def run_all(args: argparse.Namespace, keys: _servers.KeyStore, start: Call
                 print(f"note: cancelling {len(problems)} ticker(s) failed, e.g. {problems[0]}")
         pool.close()
     notes = hb.saturation_notes({name: r for name, (r, _) in results.items()})
-    notes.append("delivery delay includes up to 50 ms by design: a waiting long-poll looks "
-                 "at the job's output every 50 ms (jobs.POLL_INTERVAL_S).")
+    notes.append("delivery delay includes up to 50 ms by design: waiting long-polls look "
+                 "at their jobs' output every 50 ms (jobs.POLL_INTERVAL_S).")
     if args.profile:
         print("(that run was under cProfile: its figures are inflated)")
         server.stop()
@@ -309,11 +310,11 @@ async def run_all(args: argparse.Namespace, keys: _servers.KeyStore, start: Call
 def print_profile(path: Path) -> None:
     import pstats
     stats = pstats.Stats(str(path))
-    print("\nIOLoop thread only: the plugin's get() and the store's queries run in executor "
-          "threads and show here only as the futures they resolve. cProfile inflates call-"
-          "heavy code, so compare shares, not times. Includes the tickers' start-up.")
+    print("\nThe IOLoop thread and the executor threads together (threads' times add up "
+          "beyond the wall clock). cProfile inflates call-heavy code, so compare shares, "
+          "not times. Includes the tickers' start-up.")
     stats.sort_stats("tottime").print_stats(25)
-    stats.sort_stats("cumulative").print_stats("sqlflow_playground|tornado/web.py", 25)
+    stats.sort_stats("cumulative").print_stats("sqlflow_playground|tornado/web.py|sqlalchemy", 40)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
