@@ -162,6 +162,7 @@ class Samples:
 
     requests: int = 0  # responses received in the window
     values_ms: List[float] = field(default_factory=list)  # latencies, or delivery delays
+    running_ms: List[float] = field(default_factory=list)  # the fetches of running jobs
     errors: int = 0
     first_error: str = ""
 
@@ -177,10 +178,11 @@ class Samples:
         self.errors += 1
         self.first_error = self.first_error or what
 
-    def percentile(self, q: float) -> float:
-        if not self.values_ms:
+    def percentile(self, q: float, values: Optional[List[float]] = None) -> float:
+        values = self.values_ms if values is None else values
+        if not values:
             return float("nan")
-        ordered = sorted(self.values_ms)
+        ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(q / 100.0 * len(ordered)))]
 
     @property
@@ -213,6 +215,8 @@ async def fetch_worker(run: Run, samples: Samples, conn: _load.HttpConnection, p
             job.cursor = json.loads(body)["next"]
             samples.response(run)
             samples.value(run, elapsed_ms)
+            if job.ticker and run.measuring:
+                samples.running_ms.append(elapsed_ms)
     finally:
         conn.close()
 

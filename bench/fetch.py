@@ -34,7 +34,8 @@ over keep-alive mutual-TLS connections. Each scenario: warm-up, then a measured 
 
 Columns: "req/s" counts answers of that row's kind (fetches, or long-poll answers);
 "samples" the latencies (fetch) or line delays (delivery) in the window, of which
-p50/p99/max are given. "srv ms/req" is the server process's CPU time (utime+stime, all
+p50/p99/max are given; under a fetch row, "running" gives the same for the fetches of
+running jobs alone (the others are finished jobs at their end). "srv ms/req" is the server process's CPU time (utime+stime, all
 threads) over the window divided by ALL requests answered in it (both kinds in iii);
 "srv core" / "cli core" the share of one core used by server and load generator; "jobs"
 what the tickers and their runners used, where they ran on the benchmark's cores;
@@ -213,6 +214,11 @@ def rows(name: str, args: argparse.Namespace, r: Result, samples: Dict[str, Samp
             f"{s.max:>7.2f} {cpu_per_request:>10.3f} {r.server_core_share:>8.0%} "
             f"{r.client_core_share:>8.0%} {r.workload_core_share:>5.0%} "
             f"{r.other_core_share:>6.0%} {s.errors + r.errors:>6}")
+        if s.running_ms:  # the same fetches, those of running jobs only
+            run = s.running_ms
+            out.append(f"{'':<30} {'  running':<8} {len(run) / r.wall_s:>7.0f} {len(run):>7} "
+                       f"{s.percentile(50, run):>7.2f} {s.percentile(99, run):>7.2f} "
+                       f"{max(run):>7.2f}")
     return out
 
 
