@@ -122,7 +122,8 @@ class JobService:
         if answer is not None:
             self._fetched[token] = self.clock()
             return answer
-        stored, probe, seen = await self._look(viewer, token, since)
+        stored, probe, seen = await self._look(viewer, token, since,
+                                               self.settings.fetch_page_bytes)
         self._fetched[token] = self.clock()
         job, state = await self._settle(stored, seen, since)
         if wait > 0 and probe is not None and not self._is_news(stored, seen):
@@ -144,9 +145,9 @@ class JobService:
             self._check_visible(viewer, ended[0])
             self._fetched[token] = self.clock()
             return dict(ended[0])
-        job = await self._visible_job(viewer, token)
+        stored, _, seen = await self._look(viewer, token, "", 0)
         self._fetched[token] = self.clock()
-        job, _ = await self._observe(job, "", 0)
+        job, _ = await self._settle(stored, seen, "")
         return self._summary(job)
 
     async def cancel(self, viewer: Identity, token: str,
@@ -254,21 +255,23 @@ class JobService:
         return Probe(functools.partial(plugin.get, ctx, job["meta"], cursor),
                      not inspect.iscoroutinefunction(plugin.get))
 
-    def _load(self, viewer: Identity, token: str, cursor: str):
+    def _load(self, viewer: Identity, token: str, cursor: str, max_bytes: int):
         """Blocking: the job (checked visible to ``viewer``), the probe of its plugin and,
         if that probe is blocking too, its observation: a fetch's one trip to the executor."""
         job = self._check_visible(viewer, self.store.get_job(token) if token else None)
-        probe = self._probe(job, cursor, self.settings.fetch_page_bytes)
+        probe = self._probe(job, cursor, max_bytes)
         return job, probe, probe.fn() if probe is not None and probe.blocking else None
 
-    async def _look(self, viewer: Identity, token: str, cursor: str):
+    async def _look(self, viewer: Identity, token: str, cursor: str, max_bytes: int):
+        """(row, probe, what the plugin saw): the row from memory for a job running here,
+        else from the store together with a blocking plugin's answer (see _load)."""
         job = self._running_here.get(token)
         if job is not None:
             self._check_visible(viewer, job)
-            probe = self._probe(job, cursor, self.settings.fetch_page_bytes)
+            probe = self._probe(job, cursor, max_bytes)
             seen = await self.runner.run(probe.fn) if probe.blocking else await probe.fn()
             return job, probe, seen
-        job, probe, seen = await self.runner.run(self._load, viewer, token, cursor)
+        job, probe, seen = await self.runner.run(self._load, viewer, token, cursor, max_bytes)
         self._keep(job)
         if probe is not None and not probe.blocking:
             seen = await probe.fn()
