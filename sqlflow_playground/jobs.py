@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 30.0
 POLL_INTERVAL_S = 0.05  # how often waiting fetches look at their jobs (all in one go)
+ORPHAN_GRACE_S = 60.0  # see _remove_orphan_dirs
 ENDED_CACHE_SIZE = 4096  # finished jobs whose end is known: see _answer_from_memory
 
 
@@ -199,6 +200,7 @@ class JobService:
                 await self._each(job, self._observe(job, "", 0))
         for job in await self.runner.run(self.store.expired_jobs, now - self.settings.job_ttl_s):
             done["purged_job"] += await self._each(job, self._purge(job))
+        done["removed_orphan_job_dir"] = await self.runner.run(self._remove_orphan_dirs)
         return done
 
     async def close(self) -> None:
@@ -403,6 +405,31 @@ class JobService:
         self._ended.pop(job["token"], None)
         await self.runner.run(self.store.delete_job, job["token"])
         await self.runner.run(shutil.rmtree, self._workdir(job["token"]), True)
+
+    def _remove_orphan_dirs(self) -> int:
+        """Blocking: delete this server's job directories whose job has no row any more.
+
+        Any replica may purge an expired job's row, but the job's files live on the server
+        that took it, which must then clean up by itself. A directory changed within
+        ORPHAN_GRACE_S is left alone: a job being submitted has its directory before its row.
+        """
+        root = os.path.join(os.path.abspath(self.settings.state_dir), "jobs")
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            return 0
+        unknown = set(names) - self.store.known_job_tokens(names) if names else set()
+        removed, cutoff = 0, time.time() - ORPHAN_GRACE_S
+        for name in unknown:
+            path = os.path.join(root, name)
+            try:
+                if os.stat(path).st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        return removed
 
     def _workdir(self, token: str) -> str:
         return os.path.join(os.path.abspath(self.settings.state_dir), "jobs", token)

@@ -25,7 +25,8 @@ from .store import READY, Store, jobs, users
 log = logging.getLogger(__name__)
 
 PREFIX = "sqlflow_playground_"
-REAPER_ACTIONS = ("released_user", "cancelled_job", "purged_job", "reconciled_orphan")
+REAPER_ACTIONS = ("released_user", "cancelled_job", "purged_job", "removed_orphan_job_dir",
+                  "reconciled_orphan")
 KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS"))
 REQUEST_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
 PROVISION_BUCKETS = (.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300)

@@ -264,6 +264,15 @@ class Store:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(jobs.c.token)).scalars())
 
+    def known_job_tokens(self, tokens: List[str]) -> set:
+        """Which of ``tokens`` have a row (asked in chunks, however many there are)."""
+        known = set()
+        with self.engine.connect() as conn:
+            for i in range(0, len(tokens), 500):
+                known.update(conn.execute(sa.select(jobs.c.token).where(
+                    jobs.c.token.in_(tokens[i:i + 500]))).scalars())
+        return known
+
     def delete_job(self, token: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(jobs.delete().where(jobs.c.token == token))

@@ -359,3 +359,23 @@ def test_stopping_the_server_answers_waiting_fetches_at_once(make_server, fetch_
     assert took < 3  # not held until the 5 s close timeout, let alone the 30 s wait
     with open(os.path.join(server.gateway.jobs._workdir(token), "child.pgid")) as fh:
         os.killpg(int(fh.read()), 9)  # the stopped server left its job running, as it should
+
+
+def test_job_dirs_whose_rows_another_replica_purged_are_removed_here(make_server, fetch_as):
+    server = make_server(enable_process_jobs=True)
+    jobs = server.gateway.jobs
+    alice = fetch_as("alice", server.port)
+    kept, purged = (submit(alice, ["/bin/echo", name]) for name in ("kept", "purged"))
+    for token in (kept, purged):
+        fetch_until_eof(alice, token)
+    jobs.store.delete_job(purged)  # as another replica's reaper does after job_ttl_s
+    submitting = os.path.join(os.path.dirname(jobs._workdir(kept)), "a-job-being-submitted")
+    os.makedirs(submitting)  # a directory without a row yet, as in the middle of a submit
+    old = time.time() - 2 * 60
+    for path in (jobs._workdir(kept), jobs._workdir(purged)):
+        os.utime(path, (old, old))
+    done = server.call(jobs.reap())
+    assert done["removed_orphan_job_dir"] == 1
+    assert not os.path.exists(jobs._workdir(purged))
+    assert os.path.exists(jobs._workdir(kept)) and os.path.exists(submitting)
+    assert messages(alice("GET", f"/api/jobs/{kept}").body["responses"]) == ["kept"]
