@@ -58,3 +58,11 @@ class Unavailable(PlaygroundError):
     """A backend (database server, cluster) cannot be reached right now."""
 
     status, code = 503, "unavailable"
+
+
+class LogTooDense(PlaygroundError):
+    """A pod printed more within one second than one read of its log may hold, so its log
+    cannot be paged past that second (``k8s.logs.read_page``). Not the caller's fault, and
+    no retry helps."""
+
+    status, code = 500, "log_too_dense"

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import fetch_until_eof, wait_until
+from conftest import client_context, fetch_until_eof, request, wait_until
 from sqlflow_playground.k8s import core_v1
 
 PY = sys.executable
@@ -298,3 +298,95 @@ def test_workload_pods_are_followed_and_prefixed(alice, coarse_sim, followers):
         # followed: a handful of requests for the pod, however many fetches there were
         assert log_requests(coarse_sim, pod) <= 8, (pod, len(marks))
     assert len(marks) > 50
+
+
+# -- a second denser than a page read: the fallback path grows its read ---------------------
+
+DENSE = [f"dense {i} " + "d" * (i % 50) for i in range(8000)]  # ~530 KB of log in a burst
+DENSE_SCRIPT = ("import sys\n"
+                "sys.stdout.write(''.join(f'dense {i} ' + 'd' * (i % 50) + '\\n'"
+                " for i in range(8000)))\n")
+DENSE_PAGE = 8000  # fetch_page_bytes: read_page starts at 2 * 8000 + 65536 bytes
+
+
+def dense_server(make_server, certs, simulator, **config):
+    """A server on ``simulator`` with small pages, and ``fetch`` as alice against it."""
+    srv = make_server(enable_pod_jobs=True, kubeconfig=simulator.kubeconfig, namespace=NS,
+                      fetch_page_bytes=DENSE_PAGE, **config)
+    ctx = client_context(certs.dir, "alice")
+    return srv, lambda *args, **kw: request(srv.port, ctx, *args, **kw)
+
+
+def fetch_advancing(fetch, token, until=None):
+    """Fetch from the start until eof (or the line ``until``), asserting that every fetch
+    before the end brings lines and a new cursor: (lines, last response), stopping at an
+    error answer too."""
+    cursor, out = "", []
+    for _ in range(1000):
+        resp = fetch("GET", f"/api/jobs/{token}?since={cursor}")
+        body = resp.body
+        if resp.status != 200:
+            return out, resp
+        lines = [r["message"] for r in body["responses"]]
+        out += lines
+        if body["eof"] or (until is not None and out and out[-1] == until):
+            return out, resp
+        assert lines and body["next"] != cursor, (cursor, len(out))  # stuck
+        cursor = body["next"]
+    raise AssertionError("too many fetches")
+
+
+def ended(fetch, token):
+    assert wait_until(lambda: fetch("GET", f"/plugins/v1/pod/v1/{token}").body["job_state"]
+                      == "SUCCEEDED", 30)
+
+
+def test_an_ended_pods_second_denser_than_a_page_read_is_read_whole(sim, make_server, certs):
+    # Read only through LogReader: the pod has ended before the first fetch, so it is
+    # never followed; the burst's second holds far more than one page read.
+    srv, fetch = dense_server(make_server, certs, sim)
+    token = submit(fetch, DENSE_SCRIPT)
+    ended(fetch, token)
+    out, resp = fetch_advancing(fetch, token)
+    assert resp.body["status"] == "SUCCEEDED", resp.body
+    assert out == DENSE  # not cut short where the second outgrew the first read
+    pod = only_pod(sim)
+    assert srv.gateway.cluster.logs.followers.get(NS, pod) is None
+    assert log_requests(sim, pod) <= 20  # a grown page is reused by the fetches it answers
+
+
+def test_a_running_pods_old_dense_second_is_read_through_the_fallback(tmp_path, make_server,
+                                                                      certs):
+    # A node clock with one-second ticks: the burst's lines share one timestamp, ranked.
+    from k8s_sim import running_simulator
+    from sqlflow_playground.k8s.clients import close_shared_clients
+    with running_simulator(log_clock_resolution_ns=1_000_000_000) as simulator:
+        simulator.kubeconfig = str(simulator.write_kubeconfig(tmp_path / "kubeconfig"))
+        srv, fetch = dense_server(make_server, certs, simulator)
+        token = submit(fetch, DENSE_SCRIPT + "print('marker', flush=True)\n"
+                                             "import time; time.sleep(60)\n")
+        running(fetch, token)
+        pod = only_pod(simulator)
+        assert wait_until(lambda: b"marker\n" in simulator.call(
+            lambda: [line for _, line in simulator.kubelet.runtime(NS, pod).log.lines]), 20)
+        time.sleep(1.05)  # the follower starts a second later: the burst is older than it
+        out, resp = fetch_advancing(fetch, token, until="marker")
+        assert resp.body["status"] == "RUNNING", resp.body
+        assert out == DENSE + ["marker"]
+        follower = srv.gateway.cluster.logs.followers.get(NS, pod)
+        assert follower is not None and follower.since is not None  # not from the start
+        fetch("DELETE", f"/api/jobs/{token}")
+        srv.stop()
+    close_shared_clients()
+
+
+def test_a_second_denser_than_the_cap_is_a_clear_error(sim, make_server, certs):
+    srv, fetch = dense_server(make_server, certs, sim)
+    srv.gateway.cluster.logs.reader.max_read_bytes = 200_000  # less than the burst
+    token = submit(fetch, DENSE_SCRIPT)
+    ended(fetch, token)
+    out, resp = fetch_advancing(fetch, token)
+    # Not output that stops short, nor a cursor that never moves: an error that says why.
+    assert resp.status == 500 and resp.body["error"]["code"] == "log_too_dense", resp.body
+    assert "more than 200000 bytes within that second" in resp.body["error"]["message"]
+    assert out and out == DENSE[:len(out)]  # what came before is exact

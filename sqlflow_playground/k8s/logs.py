@@ -17,7 +17,10 @@ from typing import Any, List, Optional, Tuple
 
 from kubernetes.client.rest import ApiException
 
+from ..errors import LogTooDense
+
 Cursor = Tuple[str, int]  # (RFC3339Nano timestamp of the last line returned, lines sharing it)
+MAX_READ_BYTES = 32 << 20  # the most one page read may hold: see read_page
 
 
 def parse_cursor(cursor: str) -> Optional[Cursor]:
@@ -85,18 +88,45 @@ def open_log_stream(api_client, namespace: str, name: str, since: Optional[str],
 
 
 def read_page(api_client, namespace: str, name: str, cursor: Optional[Cursor],
-              max_bytes: int) -> Optional[Tuple[str, bool]]:
+              max_bytes: int, max_read_bytes: int = MAX_READ_BYTES
+              ) -> Optional[Tuple[str, bool]]:
     """The log from the start of the cursor's second, with room for the already-returned
     lines of that second that will be skipped: (text, whole), ``whole`` being False when the
-    API cut it at the limit. None when there is no log to read (not started, or deleted)."""
+    API cut it at the limit. None when there is no log to read (not started, or deleted).
+
+    The room is a guess (``2 * max_bytes + 64 KiB``), and a pod may print more than that
+    within one second before the cursor: a page cut there holds only lines the cursor has
+    covered, so the cursor would never move (and, the pod ended, its output would seem to
+    end there). So a cut page with no complete line past the cursor is read again with
+    twice the limit, until it has one or is whole. ``max_read_bytes`` bounds the memory one
+    read takes: beyond it, ``LogTooDense``, an error the user can read, rather than output
+    that silently stops.
+    """
     limit = 2 * max_bytes + 65536
-    try:
-        text = read_log(api_client, namespace, name, cursor[0] if cursor else None, limit)
-    except ApiException as e:
-        if e.status in (400, 404):
-            return None
-        raise
-    return text, len(text.encode()) < limit
+    cap = max(limit, max_read_bytes)
+    while True:
+        try:
+            text = read_log(api_client, namespace, name, cursor[0] if cursor else None, limit)
+        except ApiException as e:
+            if e.status in (400, 404):
+                return None
+            raise
+        whole = len(text.encode()) < limit
+        if whole or advances(text, cursor):
+            return text, whole
+        if limit >= cap:
+            raise LogTooDense(
+                f"cannot read the output of pod {name} past "
+                f"{cursor[0] if cursor else 'its start'}: it printed more than {cap} bytes "
+                "within that second (or in one line), and the Kubernetes log API can only be "
+                "read from the start of a second")
+        limit = min(2 * limit, cap)
+
+
+def advances(text: str, cursor: Optional[Cursor]) -> bool:
+    """Whether the page ``text`` has a complete line past ``cursor``, as ``new_lines``
+    counts (its unterminated last line does not count: a cut page ends mid-line)."""
+    return bool(new_lines(text, cursor, 0, False)[0])
 
 
 class LogReader:
@@ -107,11 +137,14 @@ class LogReader:
     so a quiet pod costs one read every few seconds however often its job is fetched, and
     new output reaches clients at most one interval late. A read made after the pod ended
     is complete and kept. An LRU bounded in bytes: a cache, not state — any replica works without it.
+    A page is kept per pod, cursor second and ``max_bytes``; a cut one is reused only while it
+    has lines past the cursor (``read_page`` may have grown it for an earlier cursor).
     """
 
     def __init__(self, api_client, min_interval_s: float = 1.0, max_interval_s: float = 5.0,
-                 max_cached_bytes: int = 64 << 20):
+                 max_cached_bytes: int = 64 << 20, max_read_bytes: int = MAX_READ_BYTES):
         self.api_client = api_client
+        self.max_read_bytes = max_read_bytes
         self.min_interval_s, self.max_interval_s = min_interval_s, max_interval_s
         self.max_cached_bytes = max_cached_bytes
         self._cached_bytes = 0
@@ -124,20 +157,26 @@ class LogReader:
         pod, since = (namespace, name), (cursor[0].split(".")[0] if cursor else "", max_bytes)
         now = time.monotonic()
         with self._lock:
-            last = self._pods.get(pod)
-            if last is not None and last["since"] == since:
-                # Once the pod has ended only a read made after its end will do.
-                fresh = not ended and now - last["at"] < last["interval"]
-                if last["final"] or fresh:
-                    self._pods.move_to_end(pod)
-                    return last["page"]
-        page = read_page(self.api_client, namespace, name, cursor, max_bytes)
+            last = self._pods.get(pod)  # entries are replaced, never changed: read unlocked
+        if last is not None and last["since"] == since:
+            # Once the pod has ended only a read made after its end will do.
+            fresh = not ended and now - last["at"] < last["interval"]
+            cached = last["page"]
+            if (last["final"] or fresh) and (
+                    cached is None or cached[1] or advances(cached[0], cursor)):
+                with self._lock:
+                    if self._pods.get(pod) is last:
+                        self._pods.move_to_end(pod)
+                return cached
+        page = read_page(self.api_client, namespace, name, cursor, max_bytes,
+                         self.max_read_bytes)
         with self._lock:
             quiet = last is not None and last["since"] == since and last["page"] == page
             interval = min(last["interval"] * 2, self.max_interval_s) if quiet \
                 else self.min_interval_s
             size = len(page[0]) if page else 0
-            self._cached_bytes += size - (len(last["page"][0]) if last and last["page"] else 0)
+            held = self._pods.get(pod)  # not ``last`` if another fetch replaced it meanwhile
+            self._cached_bytes += size - (len(held["page"][0]) if held and held["page"] else 0)
             self._pods[pod] = {"at": now, "since": since, "page": page, "interval": interval,
                                "final": ended and page is not None}
             self._pods.move_to_end(pod)
