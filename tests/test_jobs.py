@@ -356,7 +356,7 @@ def test_stopping_the_server_answers_waiting_fetches_at_once(make_server, fetch_
         answers = [w.result(timeout=10) for w in waits]
         took = time.monotonic() - start
     assert [a.status for a in answers] == [200] * 4
-    assert took < 3  # not held until the 5 s close timeout, let alone the 30 s wait
+    assert took < 4.5  # not held until the 5 s close timeout, let alone the 30 s wait
     with open(os.path.join(server.gateway.jobs._workdir(token), "child.pgid")) as fh:
         os.killpg(int(fh.read()), 9)  # the stopped server left its job running, as it should
 

@@ -78,7 +78,7 @@ def test_news_wakes_a_waiter_within_an_interval_and_quiet_times_out(runner):
 
     quiet, news, delay, left = asyncio.run(main())
     assert quiet is None and news == 3 and left == 0
-    assert delay < 2 * INTERVAL_S + 0.05
+    assert delay < 1.0  # woken by the news (within an interval or so), not by its 5 s timeout
 
 
 def test_async_probes_run_on_the_loop_and_errors_reach_only_their_waiter(runner):
@@ -119,4 +119,4 @@ def test_close_answers_every_waiter_at_once_and_later_waits_do_not_wait(runner):
 
     results, after, took, ticker_done = asyncio.run(main())
     assert results == [None] * 5 and after is None
-    assert took < 0.5 and ticker_done
+    assert took < 2 and ticker_done  # not held for their 30 s
