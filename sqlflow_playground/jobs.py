@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 MAX_WAIT_S = 30.0
 POLL_INTERVAL_S = 0.05  # how often waiting fetches look at their jobs (all in one go)
 ORPHAN_GRACE_S = 60.0  # see _remove_orphan_dirs
-ENDED_CACHE_SIZE = 4096  # finished jobs whose end is known: see _answer_from_memory
+ENDED_CACHE_SIZE = 4096  # finished jobs whose end is known: see _remembered_end
 
 
 @dataclass(frozen=True)
@@ -119,10 +119,11 @@ class JobService:
         request until there is something new or ``wait`` seconds have passed."""
         if not 0 <= wait <= MAX_WAIT_S:
             raise BadRequest(f"wait must be between 0 and {MAX_WAIT_S:g} seconds")
-        answer = self._answer_from_memory(viewer, token, since)
-        if answer is not None:
+        ended = self._remembered_end(viewer, token)
+        if ended is not None and ended[1] == since:
+            # Finished and read to its end: nothing new can come; no store, no plugin.
             self._fetched[token] = self.clock()
-            return answer
+            return {**ended[0], "responses": [], "next": since, "eof": True}
         stored, probe, seen = await self._look(viewer, token, since,
                                                self.settings.fetch_page_bytes)
         self._fetched[token] = self.clock()
@@ -141,9 +142,8 @@ class JobService:
 
     async def status(self, viewer: Identity, token: str) -> Dict[str, Any]:
         """The job's status without its output (counts as a fetch)."""
-        ended = self._ended.get(token)
-        if ended is not None and self._still_kept(ended[0]):
-            self._check_visible(viewer, ended[0])
+        ended = self._remembered_end(viewer, token)
+        if ended is not None:
             self._fetched[token] = self.clock()
             return dict(ended[0])
         stored, _, seen = await self._look(viewer, token, "", 0)
@@ -271,21 +271,22 @@ class JobService:
         if job is not None:
             self._check_visible(viewer, job)
             probe = self._probe(job, cursor, max_bytes)
-            seen = await self.runner.run(probe.fn) if probe.blocking else await probe.fn()
-            return job, probe, seen
+            return job, probe, await self._ask(probe)
         job, probe, seen = await self.runner.run(self._load, viewer, token, cursor, max_bytes)
         self._keep(job)
         if probe is not None and not probe.blocking:
             seen = await probe.fn()
         return job, probe, seen
 
+    async def _ask(self, probe: Optional["Probe"]) -> Optional[TaskState]:
+        if probe is None:
+            return None
+        return await (self.runner.run(probe.fn) if probe.blocking else probe.fn())
+
     async def _observe(self, job: Dict[str, Any], cursor: str, max_bytes: int):
         """Ask the plugin how the job is doing; record a status change in the store."""
-        probe = self._probe(job, cursor, max_bytes)
-        seen = None
-        if probe is not None:
-            seen = await (self.runner.run(probe.fn) if probe.blocking else probe.fn())
-        return await self._settle(job, seen, cursor)
+        return await self._settle(job, await self._ask(self._probe(job, cursor, max_bytes)),
+                                  cursor)
 
     async def _settle(self, job: Dict[str, Any], seen: Optional[TaskState], cursor: str):
         """Reconcile what the plugin saw with the store: the job and the state to answer."""
@@ -307,17 +308,16 @@ class JobService:
         return seen is None or bool(seen.responses) or seen.status != job["status"] \
             or is_terminal(seen.status) or is_terminal(job["status"])
 
-    def _answer_from_memory(self, viewer: Identity, token: str,
-                            since: str) -> Optional[Dict[str, Any]]:
-        """A finished job fetched at the end of its output: nothing new, and nothing can
-        come, so the answer needs neither the store nor the plugin. A cache of immutable
-        rows, valid until the job is purged (``job_ttl_s`` after it finished)."""
+    def _remembered_end(self, viewer: Identity, token: str) -> Optional[tuple]:
+        """(summary, cursor at the end of its output) of a job seen finished and read to
+        its end, if visible to ``viewer``. A cache of immutable rows, valid until the job
+        may have been purged, by any replica (``job_ttl_s`` after it finished)."""
         ended = self._ended.get(token)
-        if ended is None or ended[1] != since or not self._still_kept(ended[0]):
+        if ended is None or not self._still_kept(ended[0]):
             return None
         self._check_visible(viewer, ended[0])
         self._ended.move_to_end(token)
-        return {**ended[0], "responses": [], "next": since, "eof": True}
+        return ended
 
     def _remember_end(self, job: Dict[str, Any], end: str) -> None:
         summary = self._summary(job)
@@ -329,7 +329,6 @@ class JobService:
             self._ended.popitem(last=False)
 
     def _still_kept(self, summary: Dict[str, Any]) -> bool:
-        """False once the job may have been purged (by any replica)."""
         return self.clock() - summary["finished_at"] < self.settings.job_ttl_s
 
     async def _record(self, job: Dict[str, Any], state: TaskState) -> Dict[str, Any]:
@@ -382,8 +381,12 @@ class JobService:
         """Remember the row of an unfinished job running here; forget any other."""
         if job is None:
             return
-        if job["meta"] is not None and not is_terminal(job["status"]) and self._is_here(job) \
-                and self.registry.get(job["task_type"], job["version"]).runs_locally:
+        try:
+            local = self.registry.get(job["task_type"], job["version"]).runs_locally
+        except NotFound:
+            local = False
+        if local and job["replica"] == self.settings.replica and job["meta"] is not None \
+                and not is_terminal(job["status"]):
             self._running_here[job["token"]] = job
         else:
             self._running_here.pop(job["token"], None)
