@@ -46,6 +46,11 @@ class Config:
         None, "admin DSN of an existing MySQL/MariaDB server, e.g. mysql://root:pw@127.0.0.1:3306")
     mysql_public_host: Optional[str] = _opt(
         None, "HOST[:PORT] written into data sources when clients reach MySQL under another name")
+    mysql_max_user_connections: int = _opt(
+        20, "MAX_USER_CONNECTIONS of each tenant's MySQL account (0: the server's own limit)")
+    mysql_tenant_host: str = _opt(
+        "%", "host part of tenant MySQL accounts ('%': any host; narrow it to the "
+        "gateway's and the notebooks' network, e.g. 10.0.%)")
     kubeconfig: Optional[str] = _opt(
         None, "kubeconfig file for the Kubernetes backends (default: in-cluster, then ~/.kube)")
     namespace: str = _opt("default", "Kubernetes namespace of the objects the server manages")
@@ -65,6 +70,18 @@ class Config:
     max_jobs_per_user: int = _opt(8, "unfinished jobs one user may have")
     max_jobs: int = _opt(256, "unfinished jobs on the whole server")
     fetch_page_bytes: int = _opt(1 << 20, "at most this much output per Fetch")
+    max_output_bytes: int = _opt(
+        256 << 20, "output one job may leave on disk; past it the job ends FAILED (0: no limit)")
+    max_output_bytes_per_user: int = _opt(
+        1 << 30, "output all of one user's kept jobs may hold on disk (0: no limit)")
+    handshake_timeout_s: float = _opt(10.0, "close a connection whose TLS handshake takes longer")
+    header_timeout_s: float = _opt(
+        10.0, "close a connection whose request headers take longer to arrive, once begun")
+    body_timeout_s: float = _opt(60.0, "close a connection whose request body takes longer")
+    idle_connection_timeout_s: float = _opt(
+        120.0, "close a keep-alive connection idle (no request under way) for this long")
+    max_connections: int = _opt(
+        10000, "open client connections at most; beyond it new ones are closed at once")
     executor_threads: int = _opt(16, "threads for blocking work (database drivers)")
     log_level: str = _opt("info", "logging level", choices=("debug", "info", "warning", "error"))
     config: Optional[str] = _opt(None, "YAML file with any of these settings")

@@ -42,6 +42,8 @@ class JobSettings:
     max_jobs_per_user: int = 8
     max_jobs: int = 256
     fetch_page_bytes: int = 1 << 20
+    max_output_bytes: int = 256 << 20  # per job, on disk (0: no limit)
+    max_output_bytes_per_user: int = 1 << 30  # all of one user's kept jobs (0: no limit)
     replica: str = ""  # this server's name among replicas sharing the store
 
 

@@ -89,6 +89,8 @@ class Gateway:
             state_dir=config.state_dir, fetch_timeout_s=config.fetch_timeout_s,
             job_ttl_s=config.job_ttl_s, max_jobs_per_user=config.max_jobs_per_user,
             max_jobs=config.max_jobs, fetch_page_bytes=config.fetch_page_bytes,
+            max_output_bytes=config.max_output_bytes,
+            max_output_bytes_per_user=config.max_output_bytes_per_user,
             replica=config.replica or socket.gethostname()))
         self.reconciler = None
         if self.cluster is not None:

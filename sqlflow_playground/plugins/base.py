@@ -34,6 +34,11 @@ class TaskContext:
     workdir: str  # a private directory for this job's files, created before ``create``
     data_source: Optional[str] = None  # the owner's own database, when provisioned
     max_bytes: int = 1 << 20  # how much response data one ``get`` may return; 0: status only
+    #: the server's ``fetch_page_bytes``: no single response may be larger than one page
+    page_bytes: int = 1 << 20
+    #: how many bytes of output the job may leave on disk (0: no limit); past it the job
+    #: ends FAILED with a message saying so, and the output so far is kept
+    max_output_bytes: int = 0
     settings: Mapping[str, Any] = field(default_factory=dict)
 
 
