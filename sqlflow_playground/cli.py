@@ -34,6 +34,7 @@ def setup_logging(level: str) -> None:
 
 async def serve(config: Config, on_started: Optional[Callable[[Gateway], None]] = None) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP re-reads certificates and the CRL."""
+    os.umask(0o077)  # whatever this process or its jobs write is for this user only
     gateway = Gateway(config)
     await gateway.start()
     stopping = asyncio.Event()

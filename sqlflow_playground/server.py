@@ -27,6 +27,7 @@ from .openapi import build_spec
 from .playground import PlaygroundService
 from .plugins.registry import PluginRegistry, builtin_plugins, discovered_plugins
 from .provisioners import Provisioner, make_provisioner
+from .statedir import secure_state_dir
 from .store import Store
 from .tls import make_server_context
 
@@ -67,6 +68,7 @@ class Gateway:
             if path and not os.path.isfile(path):
                 raise ConfigError(f"--{flag}: no such file: {path}")
         self.config = config
+        secure_state_dir(os.path.abspath(config.state_dir))
         self.runner = BlockingRunner(config.executor_threads)
         self.store = Store(config.store_url)
         self.cluster = None
