@@ -85,7 +85,8 @@ class JobService:
             data_source = user["data_source"]
         token = secrets.token_urlsafe(24)  # 192 random bits
         ctx = TaskContext(token=token, user_id=user_id, workdir=self._workdir(token),
-                          data_source=data_source)
+                          data_source=data_source, page_bytes=self.settings.fetch_page_bytes,
+                          max_output_bytes=self.settings.max_output_bytes)
         async with self._submit_lock:  # so two submits cannot both take the last slot
             await self._check_quota(user_id)
             now = self.clock()
@@ -443,7 +444,8 @@ class JobService:
                  max_bytes: int = 0) -> TaskContext:
         return TaskContext(token=job["token"], user_id=job["user_id"],
                            workdir=self._workdir(job["token"]), data_source=data_source,
-                           max_bytes=max_bytes)
+                           max_bytes=max_bytes, page_bytes=self.settings.fetch_page_bytes,
+                           max_output_bytes=self.settings.max_output_bytes)
 
     @staticmethod
     def _summary(job: Dict[str, Any]) -> Dict[str, Any]:

@@ -77,14 +77,43 @@ class ResponseLog:
         return [json.loads(line) for line in lines], next_cursor
 
 
-class ResponseWriter:
-    """Writes responses one line each; a line is visible to readers once flushed."""
+class OutputLimitExceeded(Exception):
+    """Writing a response would take the job's output past its cap on disk
+    (``TaskContext.max_output_bytes``). Nothing of that response was written."""
 
-    def __init__(self, path: str):
-        self._fh = open(path, "ab")
+    def __init__(self, limit: int, written: int, size: int):
+        super().__init__(f"output cap reached: {written} bytes written, the next response "
+                         f"({size} bytes) would pass the cap of {limit} bytes")
+        self.limit, self.written, self.size = limit, written, size
+
+
+def open_private(path: str, mode: str = "ab", **kw: Any):
+    """``open(path, mode)`` for writing, creating the file 0600 (job output is the
+    job's owner's business only, whatever the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+    flags |= os.O_APPEND if mode.startswith("a") else os.O_TRUNC
+    return open(os.open(path, flags, 0o600), mode, **kw)
+
+
+class ResponseWriter:
+    """Writes responses one line each; a line is visible to readers once flushed.
+
+    With ``limit`` > 0 the file never grows past ``limit`` bytes: a ``write`` that would
+    take it further raises OutputLimitExceeded and writes nothing (the lines before it
+    stay whole, so the output so far remains readable).
+    """
+
+    def __init__(self, path: str, limit: int = 0):
+        self._fh = open_private(path)
+        self.limit = limit
+        self.written = self._fh.tell()  # appending to what is already there
 
     def write(self, response: Dict[str, Any]) -> None:
-        self._fh.write(json.dumps(response, separators=(",", ":")).encode() + b"\n")
+        line = json.dumps(response, separators=(",", ":")).encode() + b"\n"
+        if self.limit > 0 and self.written + len(line) > self.limit:
+            raise OutputLimitExceeded(self.limit, self.written, len(line))
+        self._fh.write(line)
+        self.written += len(line)
 
     def flush(self) -> None:
         self._fh.flush()
