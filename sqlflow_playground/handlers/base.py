@@ -13,6 +13,10 @@ from ..identity import Identity, identity_from_cert
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+# JSON that no route needs and that costs the server: deeper nesting than any manifest
+# has, numbers no setting means (1e15 s is 30 million years; 1e15 bytes a petabyte).
+MAX_JSON_DEPTH = 64
+MAX_JSON_MAGNITUDE = 1e15
 # Bodies up to this size are read (and dropped) to answer 413 cleanly; larger ones make
 # Tornado close the connection.
 DISCARD_LIMIT_BYTES = 16 * MAX_BODY_BYTES
@@ -91,10 +95,7 @@ class APIHandler(tornado.web.RequestHandler):
             raise PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
         if not self._body.strip():
             return {}
-        try:
-            body = json.loads(bytes(self._body))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BadRequest(f"request body is not valid JSON: {e}") from e
+        body = parse_json(bytes(self._body))
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
         unknown = sorted(set(body) - set(allowed))
@@ -111,7 +112,7 @@ class APIHandler(tornado.web.RequestHandler):
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps(payload))
+        self.finish(json.dumps(payload, allow_nan=False))  # NaN is not JSON: fail, not lie
 
     # -- errors ----------------------------------------------------------------
 
@@ -132,6 +133,44 @@ class APIHandler(tornado.web.RequestHandler):
         if isinstance(value, (PlaygroundError, tornado.web.HTTPError)):
             return  # expected; the access log records the status
         super().log_exception(typ, value, tb)
+
+
+class _NonFinite(str):
+    """What ``parse_json`` puts where the body said NaN or Infinity, to name the field."""
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity (Python's json accepts them; JSON does not), no number
+    beyond ``MAX_JSON_MAGNITUDE``, no nesting deeper than ``MAX_JSON_DEPTH``. Every refusal
+    is a BadRequest naming the field, e.g. ``spec.env.A`` or ``fetch_timeout_s``."""
+    try:
+        body = json.loads(raw, parse_constant=_NonFinite)
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    _check_json(body, "", 0)
+    return body
+
+
+def _check_json(value: Any, path: str, depth: int) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise BadRequest(f"request body is nested more than {MAX_JSON_DEPTH} levels deep"
+                         + (f" (at {path})" if path else ""))
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(item, f"{path}.{key}" if path else key, depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(item, f"{path}[{i}]", depth + 1)
+    elif isinstance(value, _NonFinite):
+        raise BadRequest(f"{path or 'body'}: {str(value)} is not a number JSON allows")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and abs(value) > MAX_JSON_MAGNITUDE:
+        digits = len(str(abs(int(value)))) if isinstance(value, int) else 0
+        shown = f"a {digits}-digit number" if digits > 20 else f"{value:g}"
+        raise BadRequest(f"{path or 'body'}: {shown} is out of range "
+                         f"(at most {MAX_JSON_MAGNITUDE:g} in magnitude)")
 
 
 class NotFoundHandler(APIHandler):
