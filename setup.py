@@ -13,6 +13,7 @@ setup(
         "tornado>=6.1",
         "sqlalchemy>=2.0",
         "pymysql>=1.0",
+        "psycopg[binary]>=3.1",  # PostgreSQL state store; the wheel brings its own libpq
         "pyyaml>=5.4",
         "jsonschema>=4.0",
         "kubernetes>=28",

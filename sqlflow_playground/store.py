@@ -3,6 +3,11 @@
 Methods are blocking; services call them through ``BlockingRunner``. Updates that
 decide who acts on a row (claiming an idle user for release) are conditional UPDATEs,
 so two replicas never act twice on one user.
+
+Backends: sqlite (a file in the state directory, created 0600), MySQL/MariaDB (PyMySQL)
+and PostgreSQL (psycopg 3); ``mysql://`` and ``postgresql://`` URLs get those drivers.
+The tables below are the shape queries use; the schema itself is created and changed by
+``migrations`` (a schema change here needs a migration step there).
 """
 import json
 import os
@@ -11,6 +16,9 @@ from typing import Any, Dict, List, Optional
 
 import sqlalchemy as sa
 from sqlalchemy import event
+
+from . import migrations
+from .statedir import create_private_file
 
 metadata = sa.MetaData()
 
@@ -52,11 +60,23 @@ jobs = sa.Table(
 
 ACTIVE = ("PENDING", "RUNNING")
 
+# URL schemes without a driver -> the driver installed with this package.
+_DRIVERS = {"mysql": "mysql+pymysql", "postgresql": "postgresql+psycopg",
+            "postgres": "postgresql+psycopg"}
+
+
+def normalize_url(url: str) -> sa.URL:
+    """The SQLAlchemy URL, with this package's driver for a bare ``mysql://`` or
+    ``postgresql://`` (``postgres://``)."""
+    parsed = sa.engine.make_url(url)
+    driver = _DRIVERS.get(parsed.drivername)
+    return parsed.set(drivername=driver) if driver else parsed
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=5000")  # first: switching to WAL may have to wait
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
 
 
@@ -82,11 +102,12 @@ class Store:
     """Users and their databases, in any SQLAlchemy-supported database."""
 
     def __init__(self, url: str):
-        self.url = sa.engine.make_url(url)
-        if self.url.drivername == "mysql":
-            self.url = self.url.set(drivername="mysql+pymysql")
-        if self.url.get_backend_name() == "sqlite" and self.url.database:
-            os.makedirs(os.path.dirname(os.path.abspath(self.url.database)), exist_ok=True)
+        self.url = normalize_url(url)
+        database = self.url.database
+        if self.url.get_backend_name() == "sqlite" and database and database != ":memory:" \
+                and not self.url.query.get("uri"):
+            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+            create_private_file(database)  # 0600 before sqlite opens it
         # hide_parameters: rows hold data sources with passwords; errors must not print them.
         # pre-ping guards against a database server that dropped idle connections; a
         # sqlite file has none to drop, and the ping would cost every request a query.
@@ -94,7 +115,7 @@ class Store:
                                        pool_pre_ping=self.url.get_backend_name() != "sqlite")
         if self.url.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        migrations.migrate(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

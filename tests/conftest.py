@@ -242,3 +242,28 @@ def mariadb():
             pytest.fail(message)
         pytest.skip(message + " (start it, or run under CI=true to make this fail)")
     return DSN
+
+
+# -- PostgreSQL ------------------------------------------------------------------
+
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """The admin URL of the PostgreSQL on 127.0.0.1:5432 (trust auth), like ``mariadb``."""
+    import sqlalchemy as sa
+    from sqlflow_playground.store import normalize_url
+    engine = sa.create_engine(normalize_url(POSTGRES_URL),
+                              connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as e:
+        message = f"PostgreSQL is not reachable on 127.0.0.1:5432: {e.orig}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message + " (start it, or run under CI=true to make this fail)")
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
