@@ -3,6 +3,10 @@
 Precedence, highest first: command-line flag, ``SQLFLOW_PLAYGROUND_<FLAG>`` environment
 variable, the YAML file named by ``--config``, the default. Flag names keep the seed's
 spelling (``--port --ca_crt --server_key --server_crt``).
+
+Secrets (``db_url``, ``mysql_dsn``) are best given as ``SQLFLOW_PLAYGROUND_DB_URL`` in the
+environment or as a file (``--db_url_file=/run/secrets/db_url``, also settable from the
+environment): a flag's value is visible to every local user in ``ps``.
 """
 import argparse
 import dataclasses
@@ -40,6 +44,9 @@ class Config:
     state_dir: str = _opt("sqlflow_playground_state", "directory for the store and sqlite databases")
     db_url: Optional[str] = _opt(
         None, "SQLAlchemy URL of the state store (default: sqlite file in --state_dir)")
+    db_url_file: Optional[str] = _opt(
+        None, "file holding --db_url (e.g. a mounted Secret), so no password is on the command line")
+    mysql_dsn_file: Optional[str] = _opt(None, "file holding --mysql_dsn, likewise")
     provisioner: str = _opt("sqlite", "per-user database backend",
                             choices=("sqlite", "mysql", "kubernetes"))
     mysql_dsn: Optional[str] = _opt(
@@ -186,4 +193,28 @@ def load_config(argv: Sequence[str], environ: Optional[Mapping[str, str]] = None
             if raw is None:
                 continue
             values[name] = _convert(fields[name], raw, source)
+    for name in SECRET_SETTINGS:
+        path = values.get(name + "_file")
+        if path:
+            if values.get(name):
+                raise ConfigError(f"give {name} or {name}_file, not both")
+            values[name] = read_secret_file(path, name)
     return Config(**values)
+
+
+# Settings that carry passwords: each can also be read from the file named by <name>_file.
+SECRET_SETTINGS = ("db_url", "mysql_dsn")
+
+
+def read_secret_file(path: str, name: str) -> str:
+    """The secret in ``path``, surrounding white space (a trailing newline) removed. Errors
+    name the file, never its content."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            secret = fh.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{name}_file {path}: cannot read it: "
+                          f"{getattr(e, 'strerror', None) or 'not UTF-8 text'}") from e
+    if not secret:
+        raise ConfigError(f"{name}_file {path} is empty")
+    return secret

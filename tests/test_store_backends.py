@@ -1,16 +1,22 @@
 """The state store on every backend it supports (sqlite, MariaDB, PostgreSQL): each Store
 method, migrations from the previous release's schema and between replicas starting at
-once, and a gateway on PostgreSQL."""
+once, a gateway on PostgreSQL, and store URLs that stay out of argv and logs."""
+import json
+import logging
 import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 import sqlalchemy as sa
 
 from conftest import admin_connect, client_context, fetch_until_eof, request
 from sqlflow_playground import migrations
+from sqlflow_playground.config import ConfigError, load_config
 from sqlflow_playground.store import Store, jobs, metadata, normalize_url, users
 
 BACKENDS = ["sqlite", "mariadb", "postgres"]
@@ -374,3 +380,113 @@ def test_gateway_on_a_postgres_store_serves_create_db_and_a_sql_job(make_server,
             assert conn.execute(sa.text("SELECT status FROM jobs")).scalar() == "SUCCEEDED"
     finally:
         engine.dispose()
+
+
+# -- secrets from a file or the environment, never on argv nor in logs --------------------
+
+def test_secrets_come_from_files_or_the_environment(tmp_path):
+    url_file, dsn_file = tmp_path / "db_url", tmp_path / "mysql_dsn"
+    url_file.write_text("postgresql://gw:s3cret@db/playground\n")
+    dsn_file.write_text("mysql://root:pw@127.0.0.1:3306\n")
+    config = load_config([f"--db_url_file={url_file}", f"--mysql_dsn_file={dsn_file}"],
+                         environ={})
+    assert config.store_url == "postgresql://gw:s3cret@db/playground"
+    assert config.mysql_dsn == "mysql://root:pw@127.0.0.1:3306"
+    env = {"SQLFLOW_PLAYGROUND_DB_URL_FILE": str(url_file)}
+    assert load_config([], environ=env).db_url == "postgresql://gw:s3cret@db/playground"
+    env = {"SQLFLOW_PLAYGROUND_DB_URL": "mysql://gw:pw@db/x"}
+    assert load_config([], environ=env).store_url == "mysql://gw:pw@db/x"
+
+
+@pytest.mark.parametrize("argv,content,needle", [
+    (["--db_url=sqlite:///x.db"], "sqlite:///y.db", "not both"),
+    ([], "", "empty"),
+    ([], None, "cannot read"),
+])
+def test_bad_secret_files_are_refused_without_showing_their_content(tmp_path, argv,
+                                                                    content, needle):
+    path = tmp_path / "db_url"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=needle) as raised:
+        load_config(argv + [f"--db_url_file={path}"], environ={})
+    assert "y.db" not in str(raised.value)
+
+
+def test_connection_errors_do_not_show_the_password():
+    with pytest.raises(sa.exc.OperationalError) as raised:
+        Store("postgresql://gw:Pw-marker-77@127.0.0.1:1/playground")
+    assert "Pw-marker-77" not in str(raised.value)
+
+
+def test_gateway_logs_never_show_the_store_url(make_server, certs, fresh_url, caplog):
+    marker = "Pw-" + secrets.token_hex(8)  # trust auth: the password is never asked for
+    url = fresh_url("postgres").replace("postgres@", f"postgres:{marker}@")
+    caplog.set_level(logging.DEBUG)
+    server = make_server(db_url=url)
+    ctx = client_context(certs.dir, "alice")
+    assert request(server.port, ctx, "POST", "/api/create_db", {}).status == 200
+    server.stop()
+    assert "serving https" in caplog.text
+    assert marker not in caplog.text
+
+
+@pytest.mark.parametrize("way", ["file", "environment"])
+def test_server_process_keeps_the_store_url_off_argv_and_out_of_its_log(tmp_path, fresh_url,
+                                                                         way):
+    marker = "Pw-" + secrets.token_hex(8)
+    url = fresh_url("postgres").replace("postgres@", f"postgres:{marker}@")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "sqlflow_playground", "--insecure", "--port=0",
+            "--host=127.0.0.1", f"--state_dir={tmp_path / 'state'}", "--log_level=debug"]
+    if way == "file":
+        (tmp_path / "db_url").write_text(url + "\n")
+        args.append(f"--db_url_file={tmp_path / 'db_url'}")
+    else:
+        env["SQLFLOW_PLAYGROUND_DB_URL"] = url
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    output = []
+    try:
+        for line in proc.stdout:
+            output.append(line)
+            if "serving http on" in line:
+                break
+        assert "serving http on" in output[-1], "".join(output)
+        port = int(output[-1].rsplit(":", 1)[1].split()[0])
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as fh:
+            argv = fh.read().decode()
+        assert marker not in argv and "postgres" not in argv
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/create_db",
+                                     data=b'{"user_id": "dev"}', method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert json.loads(resp.read())["user_id"] == "dev"
+    finally:
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=15)
+    log = "".join(output) + rest
+    assert proc.returncode == 0, log
+    assert "stopped" in log
+    assert marker not in log
+    engine = sa.create_engine(normalize_url(url))
+    try:  # and the server did use that store
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT user_id FROM users")).scalar() == "dev"
+    finally:
+        engine.dispose()
+
+
+def test_deployment_takes_the_store_url_from_a_mounted_secret_not_from_args():
+    from pathlib import Path
+    import yaml
+    deploy = Path(__file__).resolve().parents[1] / "deploy" / "deployment.yaml"
+    pod = yaml.safe_load(deploy.read_text())["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert not [a for a in args if a.startswith(("--db_url=", "--mysql_dsn=")) or "$(" in a]
+    assert "--db_url_file=/secrets/db/db_url" in args
+    assert not [e for e in container.get("env", []) if "valueFrom" in e]  # no secret in env
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    assert mounts["/secrets/db"]["secret"]["secretName"] == "sqlflow-playground-db"
+    assert mounts["/secrets/db"]["secret"]["defaultMode"] == 0o440
