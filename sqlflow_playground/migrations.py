@@ -28,6 +28,7 @@ never change; tests/test_store_backends.py checks on every backend that the migr
 schema has exactly store.py's columns.
 """
 import contextlib
+import logging
 import time
 import zlib
 from typing import Callable, Iterator, List, Tuple
@@ -40,6 +41,8 @@ schema_version = sa.Table(
     sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("applied_at", sa.Double, nullable=False),
 )
+
+log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_S = 60
 
@@ -128,10 +131,16 @@ def migrate(engine: sa.Engine) -> Tuple[int, int]:
     with _exclusive(engine) as conn:
         schema_version.create(conn, checkfirst=True)
         done = set(conn.execute(sa.select(schema_version.c.version)).scalars())
+        applied = []
         for version, step in MIGRATIONS:
             if version not in done:
                 step(conn)
                 conn.execute(schema_version.insert().values(version=version,
                                                             applied_at=time.time()))
+                applied.append(version)
         conn.commit()
-    return max(done, default=0), max(done | {v for v, _ in MIGRATIONS})
+    before, after = max(done, default=0), max(done | set(applied))
+    if applied:  # the backend's name only: the URL may hold a password
+        log.info("state store (%s): schema migrated from version %d to %d",
+                 engine.dialect.name, before, after)
+    return before, after
