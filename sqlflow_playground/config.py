@@ -56,8 +56,8 @@ class Config:
     mysql_max_user_connections: int = _opt(
         20, "MAX_USER_CONNECTIONS of each tenant's MySQL account (0: the server's own limit)")
     mysql_tenant_host: str = _opt(
-        "%", "host part of tenant MySQL accounts ('%': any host; narrow it to the "
-        "gateway's and the notebooks' network, e.g. 10.0.%)")
+        "%", "host part of tenant MySQL accounts (the default: any host; narrow it to "
+        "the gateway's and the notebooks' network, e.g. 10.0.%)")
     kubeconfig: Optional[str] = _opt(
         None, "kubeconfig file for the Kubernetes backends (default: in-cluster, then ~/.kube)")
     namespace: str = _opt("default", "Kubernetes namespace of the objects the server manages")
@@ -149,6 +149,7 @@ def build_parser(prog: str = "sqlflow_playground") -> argparse.ArgumentParser:
     )
     for f in dataclasses.fields(Config):
         help_text = f"{f.metadata['help']} (default: {f.default!r}; env {ENV_PREFIX}{f.name.upper()})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if f.type in (bool, "bool"):
             parser.add_argument(f"--{f.name}", nargs="?", const="true", default=None,
                                 metavar="BOOL", help=help_text)

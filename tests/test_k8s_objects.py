@@ -365,7 +365,7 @@ def test_deployment_runs_two_locked_down_replicas_with_probes():
     for flag in ("--port=50052", "--ca_crt=/certs/ca.crt", "--server_key=/certs/server.key",
                  "--server_crt=/certs/server.crt", "--crl=/certs/crl.pem",
                  "--provisioner=kubernetes", "--namespace=sqlflow-playground",
-                 "--health_port=8080", "--db_url=$(DB_URL)"):
+                 "--health_port=8080", "--db_url_file=/secrets/db/db_url"):
         assert flag in container["args"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
