@@ -55,6 +55,8 @@ class TaskState:
     more: Optional[bool] = None
     outputs: Dict[str, Any] = field(default_factory=dict)
     log_links: List[Dict[str, str]] = field(default_factory=list)
+    #: the service's, not the plugin's: ``responses`` as JSON, encoded off the IOLoop
+    encoded: Optional[bytes] = field(default=None, repr=False, compare=False)
 
 
 class TaskPlugin(abc.ABC):
@@ -69,6 +71,11 @@ class TaskPlugin(abc.ABC):
     #: whether the work runs inside the server process's host (its files live there), so
     #: only the replica that started it can follow it
     runs_locally: bool = False
+
+    def check_spec(self, spec: Dict[str, Any]) -> None:
+        """Refuse (raise ``Unprocessable``, naming the field) a spec that fits
+        ``spec_schema`` but cannot work, before anything is created. Called on the IOLoop
+        after the schema check: quick, no I/O."""
 
     @abc.abstractmethod
     def create(self, ctx: TaskContext, spec: Dict[str, Any]) -> Dict[str, Any]:

@@ -3,12 +3,23 @@
 A cursor is the byte offset just past the last line returned. Only whole lines are
 returned (the last, unterminated line only once the writer is done), so a reader never
 sees a line twice or half of one, and memory per read is bounded by ``max_bytes``.
+
+A page is bounded as the fetch sends it: the JSON of its responses takes at most
+``max_bytes`` (``fetch_page_bytes``), whatever is on disk. A text line too long for one
+page comes in pieces (``read_messages``); a JSON response too large for one page is never
+returned whole, nor read whole: it is replaced by a message saying it was skipped
+(``ResponseLog.read``).
 """
 import json
 import os
-from typing import Any, Dict, List, Tuple
+import re
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import BadRequest
+
+SCAN_BYTES = 64 << 10  # a line longer than a page is scanned for its end in these steps
+MESSAGE_OVERHEAD = len('{"message":}') + 1  # around the JSON string, plus a comma
+_NEEDS_ESCAPE = re.compile(rb'[^\x20-\x7e]|["\\]')
 
 
 def parse_cursor(cursor: str) -> int:
@@ -19,43 +30,110 @@ def parse_cursor(cursor: str) -> int:
     return int(cursor)
 
 
-def read_lines(path: str, cursor: str, max_bytes: int, complete: bool,
-               split_long: bool = True) -> Tuple[List[bytes], str]:
-    """Whole lines from ``cursor`` on, at most ``max_bytes`` of them, and the next cursor.
-
-    ``complete`` says the writer has finished, so a final line without a newline counts.
-    A single line longer than ``max_bytes`` is returned in ``max_bytes`` pieces, or, with
-    ``split_long=False``, whole.
-    """
-    offset = parse_cursor(cursor)
-    if max_bytes <= 0:  # status only
-        return [], str(offset)
+def _open_at(path: str, offset: int, cursor: str):
+    """(file positioned at ``offset``, its size), or (None, 0) when there is no file yet."""
     try:
         fh = open(path, "rb")
     except FileNotFoundError:
         if offset:
             raise BadRequest(f"invalid cursor {cursor!r}: beyond the end of the output") from None
+        return None, 0
+    size = os.fstat(fh.fileno()).st_size
+    if offset > size:
+        fh.close()
+        raise BadRequest(f"invalid cursor {cursor!r}: beyond the end of the output")
+    fh.seek(offset)
+    return fh, size
+
+
+def read_lines(path: str, cursor: str, max_bytes: int, complete: bool) -> Tuple[List[bytes], str]:
+    """Whole lines from ``cursor`` on, at most ``max_bytes`` of them, and the next cursor.
+
+    ``complete`` says the writer has finished, so a final line without a newline counts.
+    A single line longer than ``max_bytes`` is returned in ``max_bytes`` pieces.
+    """
+    offset = parse_cursor(cursor)
+    if max_bytes <= 0:  # status only
+        return [], str(offset)
+    fh, size = _open_at(path, offset, cursor)
+    if fh is None:
         return [], str(offset)
     with fh:
-        size = os.fstat(fh.fileno()).st_size
-        if offset > size:
-            raise BadRequest(f"invalid cursor {cursor!r}: beyond the end of the output")
-        fh.seek(offset)
         chunk = fh.read(min(max_bytes, size - offset))
-        while not split_long and b"\n" not in chunk and offset + len(chunk) < size:
-            chunk += fh.read(max_bytes)  # one line longer than a page: read it whole
     end = chunk.rfind(b"\n") + 1
     if end == 0 and chunk:
         # No newline in this chunk: a line longer than the page, or the final line.
-        if (split_long and len(chunk) >= max_bytes) or complete:
+        if len(chunk) >= max_bytes or complete:
             end = len(chunk)
     elif complete and offset + len(chunk) == size:
         end = len(chunk)
-    body = chunk[:end]
-    lines = body.split(b"\n")
+    lines = chunk[:end].split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     return lines, str(offset + end)
+
+
+def message_size(line: bytes) -> int:
+    """Bytes that ``{"message": line}`` takes in a fetch's JSON (compact, ASCII-escaped)."""
+    if not _NEEDS_ESCAPE.search(line):
+        return len(line) + 2 + MESSAGE_OVERHEAD
+    return len(json.dumps(line.decode("utf-8", "replace"))) + MESSAGE_OVERHEAD
+
+
+def read_messages(path: str, cursor: str, max_bytes: int,
+                  complete: bool) -> Tuple[List[Dict[str, str]], str, bool]:
+    """A text log's lines from ``cursor`` on as ``{"message": line}`` responses whose JSON
+    takes at most ``max_bytes``; the next cursor; whether more bytes lie past it.
+
+    JSON escaping can make a line up to six times larger (control characters, bytes that
+    are not UTF-8), so the page ends where the encoded size would pass ``max_bytes``, and a
+    line too large even alone is cut (at a character boundary) to fit.
+    """
+    offset = parse_cursor(cursor)
+    lines, next_cursor = read_lines(path, cursor, max_bytes, complete)
+    taken: List[bytes] = []
+    pos, used, end = offset, 0, int(next_cursor)
+    for line in lines:
+        cost = message_size(line)
+        if used + cost > max_bytes:
+            if taken:
+                end = pos
+                break
+            line = _cut_to_fit(line, max_bytes)  # alone larger than a page
+            taken.append(line)
+            end = pos + len(line)
+            break
+        taken.append(line)
+        used += cost
+        pos = min(pos + len(line) + 1, end)  # + its newline (none after the last piece)
+    try:
+        more = end < os.path.getsize(path)
+    except FileNotFoundError:
+        more = False
+    return ([{"message": line.decode("utf-8", "replace")} for line in taken],
+            str(end), more)
+
+
+def _cut_to_fit(line: bytes, max_bytes: int) -> bytes:
+    """The longest prefix of ``line`` (at least one character) whose message fits in
+    ``max_bytes``, not ending inside a UTF-8 character."""
+    lo, hi = 1, len(line)  # a binary search: a longer prefix never encodes shorter
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if message_size(line[:mid]) <= max_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    n = lo
+    while 1 < n < len(line) and line[n] & 0xC0 == 0x80:
+        n -= 1
+    return line[:n]
+
+
+def skipped(size: int, max_bytes: int) -> Dict[str, str]:
+    """What a page says in place of a response too large for any page."""
+    return {"message": f"response of {size} bytes skipped: larger than fetch_page_bytes "
+                       f"({max_bytes} bytes)"}
 
 
 class ResponseLog:
@@ -63,18 +141,60 @@ class ResponseLog:
 
     def __init__(self, path: str):
         self.path = path
+        #: after ``read``: whether whole responses remain past the cursor it returned
+        self.more = False
 
-    def writer(self) -> "ResponseWriter":
-        return ResponseWriter(self.path)
+    def writer(self, limit: int = 0) -> "ResponseWriter":
+        return ResponseWriter(self.path, limit)
 
     def read(self, cursor: str, max_bytes: int) -> Tuple[List[Dict[str, Any]], str]:
-        """Responses after ``cursor``, about ``max_bytes`` of them, and the next cursor.
+        """Responses after ``cursor`` whose JSON takes at most ``max_bytes``, and the next
+        cursor. Only whole lines (a line is whole once its newline is written).
 
-        A single response larger than ``max_bytes`` is still returned whole.
+        A response larger than ``max_bytes`` (the writers refuse them, but a file may
+        predate that) is never loaded: its end is found in SCAN_BYTES steps, and it comes
+        back as one ``skipped`` message, with the cursor past it.
         """
-        lines, next_cursor = read_lines(self.path, cursor, max_bytes, complete=False,
-                                        split_long=False)
-        return [json.loads(line) for line in lines], next_cursor
+        self.more = False
+        offset = parse_cursor(cursor)
+        if max_bytes <= 0:
+            return [], str(offset)
+        fh, size = _open_at(self.path, offset, cursor)
+        if fh is None:
+            return [], str(offset)
+        with fh:
+            # One byte over: a line of exactly max_bytes and its newline fit in a page.
+            chunk = fh.read(min(max_bytes + 1, size - offset))
+            end = chunk.rfind(b"\n") + 1
+            if end == 0:
+                if len(chunk) <= max_bytes:
+                    return [], str(offset)  # a line still being written, or nothing
+                line_end = _find_newline(fh, size)
+                if line_end is None:
+                    return [], str(offset)  # not whole yet
+                self.more = line_end + 1 < size
+                return [skipped(line_end - offset, max_bytes)], str(line_end + 1)
+        # Bytes left past the last newline of a chunk that stopped short of the end may
+        # hold whole lines; those of a chunk that reached the end hold none.
+        self.more = offset + len(chunk) < size
+        lines = chunk[:end].split(b"\n")
+        lines.pop()  # the empty string after the last newline
+        return [json.loads(line) for line in lines], str(offset + end)
+
+
+def _find_newline(fh, size: int) -> Optional[int]:
+    """The offset of the next newline from ``fh``'s position, reading at most SCAN_BYTES
+    at a time; None if there is none before ``size``."""
+    pos = fh.tell()
+    while pos < size:
+        block = fh.read(min(SCAN_BYTES, size - pos))
+        if not block:
+            return None
+        i = block.find(b"\n")
+        if i >= 0:
+            return pos + i
+        pos += len(block)
+    return None
 
 
 class OutputLimitExceeded(Exception):

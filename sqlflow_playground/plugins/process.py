@@ -9,8 +9,9 @@ import sys
 import time
 from typing import Any, Dict
 
+from ..errors import Unprocessable
 from .base import CANCELLED, FAILED, RUNNING, TaskContext, TaskPlugin, TaskState, is_terminal
-from .output import read_lines
+from .output import open_private, read_messages
 from . import process_runner
 from .process_runner import kill_group, write_status
 
@@ -18,13 +19,19 @@ from .process_runner import kill_group, write_status
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+MAX_ENV_VALUE_BYTES = 32 << 10
+MAX_ENV_BYTES = 128 << 10  # all of ``env``, names and values (the kernel's own limit is
+                           # 128 KiB per string and about 2 MiB for argv and env together)
+RUNNER_ERR_TAIL_BYTES = 4096
+
 # Runners this process started, so their exit is reaped and no zombie lingers.
 _runners: Dict[int, subprocess.Popen] = {}
 
 
 def _files(ctx: TaskContext) -> Dict[str, str]:
     return {name: os.path.join(ctx.workdir, name)
-            for name in ("output.log", "status.json", "child.pgid", "cancel")}
+            for name in ("output.log", "status.json", "child.pgid", "cancel", "runner.err")}
 
 
 def _read_status(path: str):
@@ -33,6 +40,18 @@ def _read_status(path: str):
             return json.load(fh)
     except FileNotFoundError:
         return None
+
+
+def _runner_death(err_path: str) -> str:
+    """Why the runner died without a status: the last line it wrote to stderr, if any."""
+    message = "the job's runner died unexpectedly"
+    try:
+        with open(err_path, "rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - RUNNER_ERR_TAIL_BYTES))
+            tail = fh.read().decode("utf-8", "replace").strip().splitlines()
+    except FileNotFoundError:
+        tail = []
+    return f"{message}: {tail[-1][:500]}" if tail else message
 
 
 def _alive(pid: int) -> bool:
@@ -62,21 +81,42 @@ class ProcessPlugin(TaskPlugin):
         "additionalProperties": False,
         "properties": {
             "command": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "env": {"type": "object", "propertyNames": {"pattern": ENV_NAME},
+                    "additionalProperties": {"type": "string"}},
             "timeout_s": {"type": "number", "exclusiveMinimum": 0},
         },
     }
 
+    def check_spec(self, spec: Dict[str, Any]) -> None:
+        """What the schema cannot say: no NUL anywhere (exec refuses it), bounded env."""
+        for i, item in enumerate(spec["command"]):
+            if "\0" in item:
+                raise Unprocessable(f"spec['command'][{i}] contains a NUL character")
+        total = 0
+        for name, value in spec.get("env", {}).items():
+            if "\0" in value:  # never echo a value: it may be a secret
+                raise Unprocessable(f"spec['env'][{name!r}] contains a NUL character")
+            size = len(value.encode("utf-8", "surrogatepass"))
+            if size > MAX_ENV_VALUE_BYTES:
+                raise Unprocessable(f"spec['env'][{name!r}] is {size} bytes; at most "
+                                    f"{MAX_ENV_VALUE_BYTES} bytes per value")
+            total += len(name) + 1 + size
+        if total > MAX_ENV_BYTES:
+            raise Unprocessable(f"spec['env'] is {total} bytes in all; at most {MAX_ENV_BYTES}")
+
     def create(self, ctx: TaskContext, spec: Dict[str, Any]) -> Dict[str, Any]:
         os.makedirs(os.path.join(ctx.workdir, "work"), exist_ok=True)
         env = {**BASE_ENV, "HOME": os.path.join(ctx.workdir, "work"), **spec.get("env", {})}
-        with open(os.path.join(ctx.workdir, "spec_env.json"), "w") as fh:
+        with open_private(os.path.join(ctx.workdir, "spec_env.json"), "w") as fh:
             json.dump(env, fh)
-        runner = subprocess.Popen(
-            [sys.executable, "-S", "-E", process_runner.__file__, ctx.workdir,
-             str(spec.get("timeout_s", 0)), "--", *spec["command"]],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
+        # The runner's own errors (it should have none) are kept, to say why it died.
+        with open_private(_files(ctx)["runner.err"]) as err:
+            runner = subprocess.Popen(
+                [sys.executable, "-S", "-E", process_runner.__file__, ctx.workdir,
+                 str(spec.get("timeout_s", 0)), str(ctx.max_output_bytes), "--",
+                 *spec["command"]],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                start_new_session=True)
         _runners[runner.pid] = runner
         return {"runner_pid": runner.pid}
 
@@ -85,19 +125,16 @@ class ProcessPlugin(TaskPlugin):
         ended = _read_status(files["status.json"])  # before the output: see ResponseLog
         if ended is None and not _alive(meta["runner_pid"]):
             ended = _read_status(files["status.json"]) or {
-                "status": FAILED, "message": "the job's runner died unexpectedly"}
+                "status": FAILED, "message": _runner_death(files["runner.err"])}
         status = ended["status"] if ended else RUNNING
-        lines, cursor = read_lines(files["output.log"], cursor, ctx.max_bytes,
-                                   complete=is_terminal(status))
-        more = None
-        if ended and ctx.max_bytes > 0:
-            more = os.path.exists(files["output.log"]) and (
-                int(cursor) < os.path.getsize(files["output.log"]))
+        responses, cursor, more = read_messages(files["output.log"], cursor, ctx.max_bytes,
+                                                complete=is_terminal(status))
         return TaskState(
-            more=more,
+            # Once ended, everything is on disk: "no more" is then the whole truth.
+            more=more if ended and ctx.max_bytes > 0 else None,
             status=status,
             message=ended["message"] if ended else "",
-            responses=[{"message": line.decode("utf-8", "replace")} for line in lines],
+            responses=responses,
             cursor=cursor,
             outputs=ended.get("outputs", {}) if ended else {},
         )

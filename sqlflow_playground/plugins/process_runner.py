@@ -1,6 +1,6 @@
 """Runs one `process` job's command and records how it ended. Started by ProcessPlugin.
 
-    python -S -E .../process_runner.py WORKDIR TIMEOUT_S -- COMMAND...
+    python -S -E .../process_runner.py WORKDIR TIMEOUT_S MAX_OUTPUT_BYTES -- COMMAND...
 
 A separate small process, so that the job's state lives in files and not in the server:
 the command's stdout and stderr go, interleaved in the order written, to
@@ -8,9 +8,17 @@ the command's stdout and stderr go, interleaved in the order written, to
 and when it ends, ``WORKDIR/status.json`` is written atomically. The command runs in its
 own session, so cancelling kills the whole group and nothing else. It imports nothing
 but the standard library and runs with ``-S``, so it starts in milliseconds.
+
+With MAX_OUTPUT_BYTES > 0 the command runs under RLIMIT_FSIZE of that many bytes (soft
+and hard, inherited by what it starts): ``output.log`` cannot grow past it, a write that
+would is cut there and the writer gets SIGXFSZ (or EFBIG where that signal is ignored).
+The limit bounds every file the command writes, not only its output. The runner itself is
+not limited, so it can always write ``status.json``: a job whose output reached the cap
+is stopped and ends FAILED with a message saying so, its output so far kept.
 """
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -18,11 +26,13 @@ import time
 
 # The job statuses of plugins/base.py, repeated so this script needs no package import.
 SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
+CAP_CHECK_S = 0.25  # how often a running command's output is checked against the cap
 
 
 def write_status(workdir: str, status: str, message: str, outputs: dict) -> None:
     tmp = os.path.join(workdir, "status.json.tmp")
-    with open(tmp, "w") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "w") as fh:
         json.dump({"status": status, "message": message, "outputs": outputs}, fh)
     os.replace(tmp, os.path.join(workdir, "status.json"))
 
@@ -55,34 +65,74 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
+def limit_files(max_bytes: int):
+    """The child's preexec_fn: no file it writes may grow past ``max_bytes``, and no core
+    dump (SIGXFSZ would write one)."""
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if max_bytes > 0:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+    return preexec
+
+
+def cap_message(max_bytes: int) -> str:
+    return (f"output cap reached: the job's output may not exceed {max_bytes} bytes "
+            f"(--max_output_bytes, or less when its owner's --max_output_bytes_per_user "
+            f"was nearly used up); the job was stopped, its output so far is kept")
+
+
 def main(argv: list) -> int:
-    workdir, timeout_s, command = argv[0], float(argv[1]), argv[3:]
+    workdir, timeout_s, max_bytes = argv[0], float(argv[1]), int(argv[2])
+    command = argv[4:]
     with open(os.path.join(workdir, "spec_env.json")) as fh:
         env = json.load(fh)
-    with open(os.path.join(workdir, "output.log"), "ab", buffering=0) as out:
+    path = os.path.join(workdir, "output.log")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    with open(fd, "ab", buffering=0) as out:
         try:
             child = subprocess.Popen(command, cwd=os.path.join(workdir, "work"), env=env,
                                      stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                     start_new_session=True)
-        except OSError as e:
-            write_status(workdir, FAILED, f"cannot start {command[0]!r}: {e.strerror}", {})
+                                     start_new_session=True, preexec_fn=limit_files(max_bytes))
+        except (OSError, ValueError) as e:
+            reason = e.strerror if isinstance(e, OSError) else str(e)
+            write_status(workdir, FAILED, f"cannot start {command[0]!r}: {reason}", {})
             return 0
         # Killed before the child's group was on record: take the child down too.
         signal.signal(signal.SIGTERM, lambda *_: (kill_group(child.pid, 0.5), sys.exit(1)))
         with open(os.path.join(workdir, "child.pgid"), "w") as fh:
             fh.write(str(child.pid))
-        try:
-            code = child.wait(timeout=timeout_s if timeout_s > 0 else None)
-        except subprocess.TimeoutExpired:
-            kill_group(child.pid)
-            child.wait()
-            write_status(workdir, FAILED, f"timed out after {timeout_s:g}s",
-                         {"exit_code": child.returncode})
-            return 0
+
+        def capped() -> bool:
+            return max_bytes > 0 and os.fstat(out.fileno()).st_size >= max_bytes
+
+        deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+        while True:
+            wait = CAP_CHECK_S if max_bytes > 0 else None
+            if deadline is not None:
+                left = max(0.0, deadline - time.monotonic())
+                wait = left if wait is None else min(wait, left)
+            try:
+                code = child.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if capped() or (deadline is not None and time.monotonic() >= deadline):
+                kill_group(child.pid)
+                child.wait()
+                if capped():
+                    write_status(workdir, FAILED, cap_message(max_bytes),
+                                 {"exit_code": child.returncode})
+                else:
+                    write_status(workdir, FAILED, f"timed out after {timeout_s:g}s",
+                                 {"exit_code": child.returncode})
+                return 0
+        is_capped = capped()
     kill_group(child.pid, grace_s=0)  # background processes the command left behind
     outputs = {"exit_code": code}
     if os.path.exists(os.path.join(workdir, "cancel")):
         write_status(workdir, CANCELLED, f"cancelled ({describe_exit(code)})", outputs)
+    elif is_capped:
+        write_status(workdir, FAILED, cap_message(max_bytes), outputs)
     elif code == 0:
         write_status(workdir, SUCCEEDED, describe_exit(code), outputs)
     else:
