@@ -8,23 +8,27 @@ import asyncio
 import collections
 import functools
 import inspect
+import json
 import logging
 import os
 import secrets
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+
+import sqlalchemy as sa
 
 from .blocking import BlockingRunner
 from .errors import (BadRequest, Conflict, NotFound, PlaygroundError, QuotaExceeded,
                      Unavailable)
 from .identity import Identity
 from .longpoll import LongPolls
-from .plugins.base import (CANCELLED, FAILED, PENDING, RUNNING, STATUSES, UNKNOWN, TaskContext,
-                           TaskState, is_terminal)
+from .plugins.base import (CANCELLED, FAILED, PENDING, RUNNING, STATUSES, SUCCEEDED, UNKNOWN,
+                           TaskContext, TaskState, is_terminal)
 from .plugins.registry import PluginRegistry
 from .store import READY, Store
+from .store import jobs as jobs_table
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,78 @@ class JobSettings:
     max_output_bytes: int = 256 << 20  # per job, on disk (0: no limit)
     max_output_bytes_per_user: int = 1 << 30  # all of one user's kept jobs (0: no limit)
     replica: str = ""  # this server's name among replicas sharing the store
+
+
+MAX_FETCH_TIMEOUT_S = 7 * 86400.0
+
+
+def check_fetch_timeout(value: Any) -> None:
+    """400 unless ``value`` is a finite number of seconds in (0, 7 days].
+
+    Whatever the JSON parser lets through: NaN would fail the store, Infinity would make
+    job listings invalid JSON, and 1e308 would keep an abandoned job forever."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 < value <= MAX_FETCH_TIMEOUT_S:  # NaN fails every comparison
+        raise BadRequest(f"fetch_timeout_s must be a number of seconds greater than 0 and "
+                         f"at most {MAX_FETCH_TIMEOUT_S:g} (7 days)")
+
+
+ENCODE_SLICE = 1000  # responses per json.dumps call: see encode_responses
+ENCODE_ON_LOOP_BYTES = 64 << 10  # an async plugin's page smaller than this is encoded inline
+
+
+def encode_responses(responses: List[Dict[str, Any]]) -> bytes:
+    """The compact JSON array of ``responses``.
+
+    Encoded a slice at a time: one json.dumps call holds the GIL throughout, so a page of
+    many responses in one call would stall the IOLoop thread however far from it it ran.
+    """
+    if len(responses) <= ENCODE_SLICE:
+        return json.dumps(responses, separators=(",", ":")).encode()
+    parts = [json.dumps(responses[i:i + ENCODE_SLICE], separators=(",", ":"))[1:-1]
+             for i in range(0, len(responses), ENCODE_SLICE)]
+    return ("[" + ",".join(parts) + "]").encode()
+
+
+def _complete(state: TaskState) -> bool:
+    """Whether a page needs a second look to tell whether it was the last: the plugin saw
+    the job ended and returned responses, but did not say whether more are ready."""
+    return is_terminal(state.status) and state.more is None and bool(state.responses)
+
+
+def _page(get: Callable[..., TaskState], ctx: TaskContext, meta: Dict[str, Any],
+          cursor: str) -> TaskState:
+    """Blocking: a page of a blocking plugin, with ``more`` known once the job has ended
+    (so the fetch that hands over the last of it says eof), encoded for the answer:
+    all of it in the one executor call a fetch makes anyway."""
+    state = get(ctx, meta, cursor)
+    if _complete(state):
+        state.more = bool(get(ctx, meta, state.cursor).responses)
+    state.encoded = encode_responses(state.responses)
+    return state
+
+
+def _page_async(runner: BlockingRunner, get: Callable[..., Any]):
+    """``_page`` for a plugin whose ``get`` is async; a big page is encoded off the loop."""
+    async def page(ctx: TaskContext, meta: Dict[str, Any], cursor: str) -> TaskState:
+        state = await get(ctx, meta, cursor)
+        if _complete(state):
+            state.more = bool((await get(ctx, meta, state.cursor)).responses)
+        if _rough_size(state.responses) < ENCODE_ON_LOOP_BYTES:
+            state.encoded = encode_responses(state.responses)
+        else:
+            state.encoded = await runner.run(encode_responses, state.responses)
+        return state
+    return page
+
+
+def _rough_size(responses: List[Dict[str, Any]]) -> int:
+    """About how large the JSON of ``responses`` is: their texts' lengths, cheaply."""
+    if len(responses) >= 4096:
+        return ENCODE_ON_LOOP_BYTES
+    return sum(len(r["message"]) + 16
+               if isinstance(r, dict) and isinstance(r.get("message"), str) else 256
+               for r in responses)
 
 
 class JobService:
@@ -74,9 +150,9 @@ class JobService:
         version = version or self.registry.latest_version(task_type)
         plugin = self.registry.get(task_type, version)
         self.registry.validate(plugin, spec)
+        plugin.check_spec(spec)
         timeout = self.settings.fetch_timeout_s if fetch_timeout_s is None else fetch_timeout_s
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-            raise BadRequest("fetch_timeout_s must be a positive number of seconds")
+        check_fetch_timeout(timeout)
         data_source = None
         if plugin.needs_database:
             user = await self.runner.run(self.store.get_user, user_id)
@@ -89,6 +165,7 @@ class JobService:
                           max_output_bytes=self.settings.max_output_bytes)
         async with self._submit_lock:  # so two submits cannot both take the last slot
             await self._check_quota(user_id)
+            ctx.max_output_bytes = await self._output_cap(user_id)
             now = self.clock()
             os.makedirs(ctx.workdir, mode=0o700)
             await self.runner.run(
@@ -120,13 +197,32 @@ class JobService:
                     wait: float = 0.0) -> Dict[str, Any]:
         """The job's status and the responses after ``since``; with ``wait``, hold the
         request until there is something new or ``wait`` seconds have passed."""
+        answer, state = await self._fetch(viewer, token, since, wait)
+        return {**answer, "responses": state.responses}
+
+    async def fetch_body(self, viewer: Identity, token: str, since: str = "",
+                         wait: float = 0.0) -> bytes:
+        """``fetch``'s answer as its JSON body. The responses, up to a page of them, were
+        encoded off the IOLoop by the same executor call that read them (see _page); only
+        the small rest is encoded here, and the two are spliced."""
+        answer, state = await self._fetch(viewer, token, since, wait)
+        encoded = state.encoded
+        if encoded is None:  # no page was read: nothing, or the status alone
+            encoded = encode_responses(state.responses)
+        head = json.dumps(answer, separators=(",", ":")).encode()
+        return b"".join((head[:-1], b',"responses":', encoded, b"}"))
+
+    async def _fetch(self, viewer: Identity, token: str, since: str,
+                     wait: float) -> Tuple[Dict[str, Any], TaskState]:
+        """(the answer without its responses, the state holding them)."""
         if not 0 <= wait <= MAX_WAIT_S:
             raise BadRequest(f"wait must be between 0 and {MAX_WAIT_S:g} seconds")
         ended = self._remembered_end(viewer, token)
         if ended is not None and ended[1] == since:
             # Finished and read to its end: nothing new can come; no store, no plugin.
             self._fetched[token] = self.clock()
-            return {**ended[0], "responses": [], "next": since, "eof": True}
+            return ({**ended[0], "next": since, "eof": True},
+                    TaskState(status=ended[0]["status"], cursor=since))
         stored, probe, seen = await self._look(viewer, token, since,
                                                self.settings.fetch_page_bytes)
         self._fetched[token] = self.clock()
@@ -140,8 +236,7 @@ class JobService:
         eof = is_terminal(state.status) and (state.more is False or not state.responses)
         if eof and seen is not None and is_terminal(seen.status):
             self._remember_end(job, state.cursor)
-        return {**self._summary(job), "responses": state.responses, "next": state.cursor,
-                "eof": eof}
+        return {**self._summary(job), "next": state.cursor, "eof": eof}, state
 
     async def status(self, viewer: Identity, token: str) -> Dict[str, Any]:
         """The job's status without its output (counts as a fetch)."""
@@ -249,6 +344,48 @@ class JobService:
             raise QuotaExceeded(f"the server is running {total} jobs "
                                 f"(max_jobs={self.settings.max_jobs}); try again later")
 
+    async def _output_cap(self, user_id: str) -> int:
+        """How many bytes of output a new job of ``user_id`` may write (0: no limit):
+        ``max_output_bytes``, or less when the user's kept jobs hold nearly
+        ``max_output_bytes_per_user``; 429 when they hold all of it."""
+        per_job, per_user = self.settings.max_output_bytes, self.settings.max_output_bytes_per_user
+        if per_user <= 0:
+            return per_job
+        used = await self.runner.run(self._output_bytes, user_id)
+        if used >= per_user:
+            raise QuotaExceeded(
+                f"user {user_id!r} keeps {used} bytes of job output "
+                f"(max_output_bytes_per_user={per_user}); finished jobs free theirs when "
+                f"they expire, job_ttl_s={self.settings.job_ttl_s:g}s after they finish")
+        return min(per_job, per_user - used) if per_job > 0 else per_user - used
+
+    def _output_bytes(self, user_id: str) -> int:
+        """Blocking: the bytes the files of ``user_id``'s kept jobs take on this server.
+
+        A few stat calls per job (the files directly in its directory: output, status; not
+        what a process job leaves in ``work/``, each file of which RLIMIT_FSIZE bounds):
+        about 5 ms for 1,000 jobs. Jobs kept by other replicas have their files there.
+        Unfinished jobs count what they wrote so far, so jobs running at once may together
+        pass the bound by what each may still write."""
+        total = 0
+        for token in self._job_tokens(user_id):
+            try:
+                with os.scandir(self._workdir(token)) as entries:
+                    for entry in entries:
+                        if entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue
+        return total
+
+    def _job_tokens(self, user_id: str) -> List[str]:
+        """Blocking: the tokens of every job of ``user_id`` in the store (only the token
+        column: rows hold specs up to 1 MiB each)."""
+        # Store has no such query yet (store.py is not this module's to change).
+        with self.store.engine.connect() as conn:
+            return list(conn.execute(sa.select(jobs_table.c.token).where(
+                jobs_table.c.user_id == user_id)).scalars())
+
     def _probe(self, job: Dict[str, Any], cursor: str, max_bytes: int) -> Optional["Probe"]:
         """The plugin's ``get`` for this job, bound to its arguments; None if the job has
         not started (yet): there is nothing to ask."""
@@ -257,8 +394,11 @@ class JobService:
         plugin = self.registry.get(job["task_type"], job["version"])
         self._require_here(plugin, job)
         ctx = self._context(job, max_bytes=max_bytes)
-        return Probe(functools.partial(plugin.get, ctx, job["meta"], cursor),
-                     not inspect.iscoroutinefunction(plugin.get))
+        if inspect.iscoroutinefunction(plugin.get):
+            get = _page_async(self.runner, plugin.get) if max_bytes > 0 else plugin.get
+            return Probe(functools.partial(get, ctx, job["meta"], cursor), False)
+        get = functools.partial(_page, plugin.get) if max_bytes > 0 else plugin.get
+        return Probe(functools.partial(get, ctx, job["meta"], cursor), True)
 
     def _load(self, viewer: Identity, token: str, cursor: str, max_bytes: int):
         """Blocking: the job (checked visible to ``viewer``), the probe of its plugin and,
@@ -338,6 +478,10 @@ class JobService:
         values: Dict[str, Any] = {"status": state.status, "message": state.message}
         if is_terminal(state.status):
             values.update(finished_at=self.clock(), outputs=state.outputs)
+            if job["started_at"] is None and state.status in (SUCCEEDED, FAILED) \
+                    and job["meta"] is not None:
+                # Seen ended without ever being seen running (it was quick): it ran.
+                values["started_at"] = values["finished_at"]
         elif state.status == RUNNING and job["started_at"] is None:
             values["started_at"] = self.clock()
         if await self.runner.run(self.store.update_job, job["token"], True, **values):

@@ -10,6 +10,12 @@ class JobsHandlerBase(APIHandler):
     def jobs(self):
         return self.settings["jobs"]
 
+    def write_encoded(self, body: bytes, status: int = 200) -> None:
+        """``write_json`` for a body the service already encoded (off the IOLoop)."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(body)
+
 
 class JobsHandler(JobsHandlerBase):
     async def post(self) -> None:
@@ -42,8 +48,8 @@ class JobHandler(JobsHandlerBase):
             wait_s = float(wait)
         except ValueError:
             raise BadRequest("wait must be a number of seconds") from None
-        self.write_json(await self.jobs.fetch(self.identity, token, self.query("since") or "",
-                                              wait_s))
+        self.write_encoded(await self.jobs.fetch_body(self.identity, token,
+                                                      self.query("since") or "", wait_s))
 
     async def delete(self, token: str) -> None:
         self.write_json(await self.jobs.cancel(self.identity, token))
