@@ -93,9 +93,16 @@ def _v1_users_and_jobs(conn: sa.Connection) -> None:
     meta.create_all(conn, checkfirst=True)
 
 
+def _v2_provisioning_claims(conn: sa.Connection) -> None:
+    """A provisioning row names its claimant and expiry (crash-safe provisioning)."""
+    add_column(conn, "users", sa.Column("claimed_by", sa.String(255)))
+    add_column(conn, "users", sa.Column("claim_expires_at", sa.Double))
+
+
 Step = Callable[[sa.Connection], None]
 MIGRATIONS: List[Tuple[int, Step]] = [
     (1, _v1_users_and_jobs),
+    (2, _v2_provisioning_claims),
 ]
 
 

@@ -2,20 +2,23 @@
 import asyncio
 import contextlib
 import logging
+import secrets
+import socket
 import time
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple
 
 from .blocking import BlockingRunner
 from .errors import NotFound, Unavailable
 from .provisioners import Provisioner
-from .store import PROVISIONING, READY, Store
+from .store import PROVISIONING, READY, RELEASING, Store
 
 log = logging.getLogger(__name__)
 
 # A release claimed by a replica that then died is taken over after this long.
 STALE_RELEASE_S = 300.0
-# How long create_db waits for another replica provisioning the same user.
-PROVISION_WAIT_S = 600.0
+# How long a provisioning claim lasts by default (the Gateway uses the provision timeout
+# plus a margin): a replica that dies while provisioning blocks the user at most this long.
+CLAIM_TTL_S = 210.0
 
 
 class KeyedLocks:
@@ -50,12 +53,18 @@ class PlaygroundService:
     """
 
     def __init__(self, store: Store, provisioner: Provisioner, runner: BlockingRunner,
-                 idle_timeout_s: float, clock: Callable[[], float] = time.time):
+                 idle_timeout_s: float, clock: Callable[[], float] = time.time,
+                 replica: str = "", claim_ttl_s: float = CLAIM_TTL_S):
         self.store = store
         self.provisioner = provisioner
         self.runner = runner
         self.idle_timeout_s = idle_timeout_s
         self.clock = clock
+        self.claim_ttl_s = claim_ttl_s
+        # Claims name the replica and this process's life, so that after a kill -9 the
+        # restarted replica knows its earlier claims are dead without waiting them out.
+        self.replica = replica or socket.gethostname()
+        self.claimant = f"{self.replica}/{secrets.token_hex(4)}"
         self._locks = KeyedLocks()
         self._beats: Dict[str, float] = {}
         # Told (seconds, succeeded) after each provisioning: the Gateway's metrics.
@@ -68,10 +77,11 @@ class PlaygroundService:
 
         Within a process, calls for one user queue on a lock; across replicas, the store
         row claimed by ``begin_provisioning`` makes exactly one replica provision while the
-        others wait for its result.
+        others wait for its result, or take over its claim once it is dead (see
+        ``_claim_is_dead``), rolling back whatever the dead claimant left half-made.
         """
         async with self._locks.hold(user_id):
-            deadline = time.monotonic() + PROVISION_WAIT_S
+            deadline = time.monotonic() + self.claim_ttl_s + 30
             while True:
                 user = await self.runner.run(self.store.get_user, user_id)
                 if user is not None and user["status"] == READY:
@@ -79,29 +89,50 @@ class PlaygroundService:
                         self.heart_beat(user_id)
                         return user, False
                     log.warning("the database of user %s is gone; provisioning it anew", user_id)
-                if user is not None and user["status"] != PROVISIONING:
+                if user is None:
+                    if await self.runner.run(self.store.begin_provisioning, user_id,
+                                             self.provisioner.name, self.clock(),
+                                             self.claimant, self._claim_expiry()):
+                        return await self._provision(user_id), True
+                elif user["status"] == PROVISIONING:
+                    if self._claim_is_dead(user) and await self._take_over(user, PROVISIONING):
+                        try:
+                            await self.provisioner.release(user_id, user["resource"])
+                        except BaseException:
+                            await self.runner.run(self.store.expire_claim, user_id,
+                                                  self.claimant)
+                            raise
+                        return await self._provision(user_id), True
+                else:
                     # Vanished, or a release that was interrupted: finish the release first.
                     claimed = await self.runner.run(self.store.claim_for_release, user_id, None,
                                                     self.clock() - STALE_RELEASE_S)
                     if claimed is not None:
                         await self._release(claimed, "cleared before provisioning anew")
                         continue
-                elif await self.runner.run(self.store.begin_provisioning, user_id,
-                                           self.provisioner.name, self.clock(),
-                                           self.clock() - STALE_RELEASE_S):
-                    return await self._provision(user_id), True
                 if time.monotonic() > deadline:
                     raise Unavailable(f"the database of {user_id!r} is still being prepared "
                                       "by another server; try again shortly")
                 await asyncio.sleep(0.2)  # another replica is at work on this user
 
     async def _provision(self, user_id: str) -> Dict[str, Any]:
+        """Provision under this process's claim; on failure roll back what was made, so no
+        half-made database or account outlives the row that explains it."""
         started = self.clock()
         try:
             provisioned = await self.provisioner.provision(user_id)
         except BaseException:
             self.on_provisioned(self.clock() - started, False)
-            await self.runner.run(self.store.delete_user, user_id)  # let the next try start
+            try:
+                await self.provisioner.release(user_id, {})
+                await self.runner.run(self.store.delete_user, user_id)  # the next try starts
+            except Exception as e:
+                # Keep the row, its claim expired at once: the next create_db, delete_db or
+                # reaper rolls it back again.
+                log.warning("rolling back the failed provisioning of user %s failed (%s); "
+                            "it is retried later", user_id,
+                            getattr(e, "message", type(e).__name__))
+                await self.runner.run(self.store.expire_claim, user_id, self.claimant)
             raise
         self.on_provisioned(self.clock() - started, True)
         user = await self.runner.run(
@@ -111,19 +142,67 @@ class PlaygroundService:
                  self.provisioner.name, user_id, self.clock() - started)
         return user
 
+    def _claim_expiry(self) -> float:
+        return self.clock() + self.claim_ttl_s
+
+    def _claim_is_dead(self, user: Dict[str, Any]) -> bool:
+        """Whether a provisioning claim can be taken over: it expired, or it was made by
+        an earlier life of this replica (same replica name, another process)."""
+        expires = user.get("claim_expires_at")
+        if expires is None:  # a row from before claims had an expiry
+            expires = user["status_changed_at"] + self.claim_ttl_s
+        if expires < self.clock():
+            return True
+        replica, _, _ = (user.get("claimed_by") or "").rpartition("/")
+        return replica == self.replica and user.get("claimed_by") != self.claimant
+
+    async def _take_over(self, user: Dict[str, Any], status: str) -> bool:
+        won = await self.runner.run(self.store.take_over, user, status, self.claimant,
+                                    self._claim_expiry(), self.clock())
+        if won:
+            log.warning("took over the dead provisioning claim of user %s (held by %s); "
+                        "rolling it back", user["user_id"], user.get("claimed_by") or "?")
+        return won
+
+    async def recover(self) -> int:
+        """At start-up: roll back the provisioning claims an earlier life of this replica
+        left (it was killed while provisioning), so those users can start again at once.
+        Returns how many."""
+        rolled_back = 0
+        for user in await self.runner.run(self.store.provisioning_claims):
+            if self._claim_is_dead(user) and await self._take_over(user, RELEASING):
+                await self._release(user, "its provisioning died with a server")
+                rolled_back += 1
+        return rolled_back
+
     def heart_beat(self, user_id: str) -> None:
         """Record that the user is alive. Costs a dict write; no I/O."""
         self._beats[user_id] = self.clock()
 
     async def delete_db(self, user_id: str) -> bool:
-        """Release the user's database now. False if there was none."""
+        """Release the user's database now, in whatever state it is. False if there was
+        none. A database another replica is still provisioning is waited for."""
         async with self._locks.hold(user_id):
-            user = await self.runner.run(self.store.claim_for_release, user_id, None,
-                                         self.clock() - STALE_RELEASE_S)
-            if user is None:
-                return False
-            await self._release(user, "deleted on request")
-            return True
+            deadline = time.monotonic() + self.claim_ttl_s + 30
+            while True:
+                user = await self.runner.run(self.store.claim_for_release, user_id, None,
+                                             self.clock() - STALE_RELEASE_S)
+                if user is not None:
+                    await self._release(user, "deleted on request")
+                    return True
+                user = await self.runner.run(self.store.get_user, user_id)
+                if user is None:
+                    return False
+                if user["status"] == PROVISIONING and self._claim_is_dead(user) \
+                        and await self._take_over(user, RELEASING):
+                    await self._release(user, "deleted on request while provisioning")
+                    return True
+                if user["status"] == RELEASING:
+                    return False  # another replica is releasing it right now
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"the database of {user_id!r} is still being prepared "
+                                      "by another server; try again shortly")
+                await asyncio.sleep(0.2)
 
     async def get_user(self, user_id: str) -> Dict[str, Any]:
         user = await self.runner.run(self.store.get_user, user_id)
@@ -155,7 +234,8 @@ class PlaygroundService:
         now = self.clock()
         idle_before, stale_before = now - self.idle_timeout_s, now - STALE_RELEASE_S
         released = []
-        for user_id in await self.runner.run(self.store.idle_candidates, idle_before, stale_before):
+        for user_id in await self.runner.run(self.store.idle_candidates, idle_before,
+                                             stale_before, now):
             try:
                 if await self._release_if_idle(user_id, idle_before, stale_before):
                     released.append(user_id)
@@ -171,7 +251,13 @@ class PlaygroundService:
             user = await self.runner.run(self.store.claim_for_release, user_id,
                                          idle_before, stale_before)
             if user is None:
-                return False  # seen meanwhile, or another replica took it
+                user = await self.runner.run(self.store.get_user, user_id)
+                if user is None or user["status"] != PROVISIONING \
+                        or not self._claim_is_dead(user) \
+                        or not await self._take_over(user, RELEASING):
+                    return False  # seen meanwhile, or another replica took it
+                await self._release(user, "its provisioning claim expired")
+                return True
             await self._release(user, f"idle for more than {self.idle_timeout_s:g}s")
             return True
 

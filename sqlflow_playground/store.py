@@ -34,6 +34,10 @@ users = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("last_seen_at", sa.Double, nullable=False),
     sa.Column("status_changed_at", sa.Double, nullable=False),
+    # Who holds the row while it is provisioning ("replica/boot") and until when: a claim
+    # past its expiry, or one of a previous life of this replica, is rolled back.
+    sa.Column("claimed_by", sa.String(255)),
+    sa.Column("claim_expires_at", sa.Double),
 )
 
 PROVISIONING, READY, RELEASING = "provisioning", "ready", "releasing"
@@ -78,6 +82,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=5000")  # first: switching to WAL may have to wait
     cur.execute("PRAGMA journal_mode=WAL")
     cur.close()
+
+
+def _same(column: sa.Column, value: Any) -> Any:
+    """``column = value``, where a NULL equals NULL."""
+    return column.is_(None) if value is None else column == value
 
 
 def _row(r: Any) -> Dict[str, Any]:
@@ -148,25 +157,44 @@ class Store:
         return {**values, "resource": resource}
 
     def begin_provisioning(self, user_id: str, provisioner: str, now: float,
-                           stale_before: float) -> bool:
+                           claimant: str, expires_at: float) -> bool:
         """Claim the right to provision ``user_id``: True for exactly one caller across all
-        replicas (the row's primary key decides), or for whoever takes over a claim
-        abandoned before ``stale_before``."""
+        replicas (the row's primary key decides). The row names its claimant and expiry."""
         try:
             with self.engine.begin() as conn:
                 conn.execute(users.insert().values(
                     user_id=user_id, provisioner=provisioner, status=PROVISIONING,
                     data_source="", resource="{}", created_at=now, last_seen_at=now,
-                    status_changed_at=now))
+                    status_changed_at=now, claimed_by=claimant, claim_expires_at=expires_at))
             return True
         except sa.exc.IntegrityError:
-            pass
+            return False
+
+    def take_over(self, seen: Dict[str, Any], status: str, claimant: str, expires_at: float,
+                  now: float) -> bool:
+        """Replace the claim on a row that is still exactly as ``seen`` (same status,
+        claimant and expiry): True for exactly one of several callers."""
+        stmt = (users.update().where(users.c.user_id == seen["user_id"])
+                .where(users.c.status == seen["status"])
+                .where(_same(users.c.claimed_by, seen.get("claimed_by")))
+                .where(_same(users.c.claim_expires_at, seen.get("claim_expires_at")))
+                .values(status=status, claimed_by=claimant, claim_expires_at=expires_at,
+                        status_changed_at=now))
         with self.engine.begin() as conn:
-            return conn.execute(
-                users.update().where(users.c.user_id == user_id)
-                .where(users.c.status == PROVISIONING)
-                .where(users.c.status_changed_at < stale_before)
-                .values(status_changed_at=now)).rowcount == 1
+            return conn.execute(stmt).rowcount == 1
+
+    def expire_claim(self, user_id: str, claimant: str) -> None:
+        """Give up ``claimant``'s claim at once (its work failed half-way): whoever comes
+        next rolls the row back."""
+        with self.engine.begin() as conn:
+            conn.execute(users.update().where(users.c.user_id == user_id)
+                         .where(users.c.claimed_by == claimant)
+                         .values(claim_expires_at=0.0))
+
+    def provisioning_claims(self) -> List[Dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(users.select().where(users.c.status == PROVISIONING)).fetchall()
+        return [_row(r) for r in rows]
 
     def touch_users(self, seen: Dict[str, float]) -> None:
         """Move ``last_seen_at`` forward for many users in one transaction."""
@@ -201,11 +229,17 @@ class Store:
             r = conn.execute(users.select().where(users.c.user_id == user_id)).first()
         return _row(r)
 
-    def idle_candidates(self, idle_before: float, stale_before: float) -> List[str]:
-        """Users idle since ``idle_before``, or whose release was abandoned before ``stale_before``."""
+    def idle_candidates(self, idle_before: float, stale_before: float,
+                        now: Optional[float] = None) -> List[str]:
+        """Users idle since ``idle_before``, whose release was abandoned before
+        ``stale_before``, or whose provisioning claim expired."""
         cond = sa.or_(
             sa.and_(users.c.status == READY, users.c.last_seen_at < idle_before),
             sa.and_(users.c.status == RELEASING, users.c.status_changed_at < stale_before),
+            sa.and_(users.c.status == PROVISIONING, sa.or_(
+                users.c.claim_expires_at < (time.time() if now is None else now),
+                sa.and_(users.c.claim_expires_at.is_(None),
+                        users.c.status_changed_at < stale_before))),
         )
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(users.c.user_id).where(cond)).scalars())

@@ -145,5 +145,12 @@ def test_unreachable_mysql_server_is_a_503_not_a_leak(make_server, mariadb, cert
                    {"user_id": uid})
     assert resp.status == 503 and resp.body["error"]["code"] == "unavailable"
     assert "s3cret-admin-pw" not in caplog.text and "s3cret-admin-pw" not in str(resp.body)
+    # Whatever may have been made cannot be checked now: the row stays, its claim expired,
+    # so that the rollback is tried again (nothing on the server the store cannot explain).
+    row = server.gateway.store.get_user(uid)
+    assert row["status"] == "provisioning" and row["claim_expires_at"] == 0.0
+    server.gateway.provisioner.engine = sa.create_engine(
+        sa.engine.make_url(mariadb).set(drivername="mysql+pymysql"))  # the server is back
+    assert server.call(server.gateway.playground.reap_idle()) == [uid]
     assert request(server.port, client_context(certs.dir, "front"), "GET",
                    f"/api/users/{uid}").status == 404

@@ -114,16 +114,28 @@ def test_users_lifecycle(store):
     store.delete_user("nobody")
 
 
-def test_provisioning_claim_goes_to_one_caller_until_it_is_stale(store):
-    assert store.begin_provisioning("alice", "mysql", now=100.0, stale_before=0.0) is True
-    # the duplicate insert is an IntegrityError inside; a fresh claim is not taken over
-    assert store.begin_provisioning("alice", "mysql", now=101.0, stale_before=50.0) is False
-    assert store.get_user("alice")["status"] == "provisioning"
-    assert store.begin_provisioning("alice", "mysql", now=300.0, stale_before=200.0) is True
-    assert store.get_user("alice")["status_changed_at"] == 300.0
-    assert store.begin_provisioning("alice", "mysql", now=301.0, stale_before=200.0) is False
+def test_provisioning_claim_goes_to_one_caller_and_is_taken_over_by_compare_and_set(store):
+    assert store.begin_provisioning("alice", "mysql", 100.0, "r1/aaaa", 400.0) is True
+    # the duplicate insert is an IntegrityError inside
+    assert store.begin_provisioning("alice", "mysql", 101.0, "r2/bbbb", 401.0) is False
+    seen = store.get_user("alice")
+    assert (seen["status"], seen["claimed_by"], seen["claim_expires_at"]) == \
+        ("provisioning", "r1/aaaa", 400.0)
+    assert store.provisioning_claims()[0]["user_id"] == "alice"
+    # of two callers that saw the same claim, one takes it over
+    assert store.take_over(seen, "provisioning", "r2/bbbb", 700.0, 401.0) is True
+    assert store.take_over(seen, "releasing", "r3/cccc", 700.0, 402.0) is False
+    now = store.get_user("alice")
+    assert (now["claimed_by"], now["claim_expires_at"], now["status_changed_at"]) == \
+        ("r2/bbbb", 700.0, 401.0)
+    assert store.idle_candidates(0.0, 0.0, now=699.0) == []
+    store.expire_claim("alice", "r9/zzzz")  # not its claim: nothing changes
+    assert store.get_user("alice")["claim_expires_at"] == 700.0
+    store.expire_claim("alice", "r2/bbbb")
+    assert store.idle_candidates(0.0, 0.0, now=699.0) == ["alice"]
     store.save_user("alice", "mysql", "ds", {}, 302.0)
-    assert store.begin_provisioning("alice", "mysql", now=900.0, stale_before=800.0) is False
+    assert store.begin_provisioning("alice", "mysql", 900.0, "r1/aaaa", 1200.0) is False
+    assert store.provisioning_claims() == []
 
 
 def test_release_claim_has_one_winner_and_takes_over_abandoned_releases(store):
@@ -200,8 +212,8 @@ def test_jobs_touch_abandoned_expired_tokens_and_delete(store):
 def test_two_stores_on_one_database_see_each_other(url):
     a, b = Store(url), Store(url)
     try:
-        assert a.begin_provisioning("alice", "mysql", 1.0, 0.0) is True
-        assert b.begin_provisioning("alice", "mysql", 1.0, 0.0) is False
+        assert a.begin_provisioning("alice", "mysql", 1.0, "a/1", 99.0) is True
+        assert b.begin_provisioning("alice", "mysql", 1.0, "b/1", 99.0) is False
         a.save_user("alice", "mysql", "ds", {}, 2.0)
         assert b.claim_for_release("alice")["user_id"] == "alice"
         assert a.claim_for_release("alice") is None
@@ -291,6 +303,7 @@ def test_previous_release_schema_is_migrated_with_its_rows_kept(url):
         alice = store.get_user("alice")
         assert (alice["data_source"], alice["resource"], alice["last_seen_at"]) == (
             "mysql://a:pw@tcp(h:3306)/d", {"database": "d"}, 1700000100.5)
+        assert (alice["claimed_by"], alice["claim_expires_at"]) == (None, None)  # v2
         tok1 = store.get_job("tok1")
         assert (tok1["status"], tok1["outputs"], tok1["replica"]) == ("SUCCEEDED", {"rows": 1},
                                                                       "replica-a")
@@ -326,7 +339,9 @@ def test_a_migration_runs_once_when_two_replicas_start_at_once(url, monkeypatch)
         time.sleep(0.5)
         conn.exec_driver_sql("CREATE TABLE migration_probe (id INTEGER PRIMARY KEY)")
         migrations.add_column(conn, "jobs", sa.Column("probe", sa.String(8)))
-    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS + [(2, v2_test_only)])
+    last = migrations.MIGRATIONS[-1][0]
+    monkeypatch.setattr(migrations, "MIGRATIONS",
+                        migrations.MIGRATIONS + [(last + 1, v2_test_only)])
 
     barrier, stores, errors = threading.Barrier(2), [], []
 
@@ -345,7 +360,7 @@ def test_a_migration_runs_once_when_two_replicas_start_at_once(url, monkeypatch)
         s.close()
     assert errors == [] and len(stores) == 2
     assert len(runs) == 1
-    assert versions(url) == [1, 2]
+    assert versions(url) == list(range(1, last + 2))
     engine = sa.create_engine(normalize_url(url))
     try:
         assert "probe" in {c["name"] for c in sa.inspect(engine).get_columns("jobs")}
