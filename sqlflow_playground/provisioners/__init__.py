@@ -14,7 +14,9 @@ def make_provisioner(config: Config, runner: BlockingRunner, cluster=None) -> Pr
             raise ConfigError("--provisioner mysql needs --mysql_dsn")
         from .mysql import MysqlProvisioner
         try:
-            return MysqlProvisioner(runner, config.mysql_dsn, config.mysql_public_host)
+            return MysqlProvisioner(runner, config.mysql_dsn, config.mysql_public_host,
+                                    max_user_connections=config.mysql_max_user_connections,
+                                    tenant_host=config.mysql_tenant_host)
         except ValueError as e:
             raise ConfigError(str(e)) from e
     if config.provisioner == "kubernetes":

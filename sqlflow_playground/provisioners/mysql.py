@@ -1,7 +1,14 @@
-"""Per-user databases on an existing MySQL/MariaDB server reached with admin rights."""
+"""Per-user databases on an existing MySQL/MariaDB server reached with admin rights.
+
+Each tenant account is ``'USER'@'HOST'`` with HOST from ``--mysql_tenant_host`` (checked
+against a strict pattern at start; bound as a string literal in every statement) and
+``MAX_USER_CONNECTIONS`` from ``--mysql_max_user_connections``, so one tenant cannot take
+all of the server's connections.
+"""
 import logging
+import re
 import secrets
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import sqlalchemy as sa
 
@@ -12,6 +19,9 @@ log = logging.getLogger(__name__)
 
 # MySQL 5.7 caps user names at 32 characters and database names at 64.
 USER_NAME_MAX, DB_NAME_MAX = 32, 64
+# The host part of an account: a name, an IPv4/IPv6 address, a netmask (10.0.0.0/255.0.0.0)
+# or a pattern with the wildcards % and _. No quotes, spaces or backslashes.
+TENANT_HOST_RE = re.compile(r"^[A-Za-z0-9%_.:/-]{1,255}$")
 
 
 def sqlflow_data_source(user: str, password: str, host: str, port: int, database: str) -> str:
@@ -31,8 +41,17 @@ class MysqlProvisioner(Provisioner):
 
     name = "mysql"
 
-    def __init__(self, runner, dsn: str, public_host: Optional[str] = None):
+    def __init__(self, runner, dsn: str, public_host: Optional[str] = None,
+                 max_user_connections: int = 20, tenant_host: str = "%"):
         super().__init__(runner)
+        if not isinstance(tenant_host, str) or not TENANT_HOST_RE.match(tenant_host):
+            raise ValueError("--mysql_tenant_host must be a MySQL host pattern made of letters, "
+                             "digits and . : / - _ %, e.g. 10.0.% or gateway.internal")
+        if isinstance(max_user_connections, bool) or not isinstance(max_user_connections, int) \
+                or max_user_connections < 0:
+            raise ValueError("--mysql_max_user_connections must be 0 or a positive integer")
+        self.tenant_host, self.max_user_connections = tenant_host, max_user_connections
+        self._limits_applied = False
         url = admin_url(dsn)
         # hide_parameters: the passwords we bind must never reach an error message or log.
         self.engine = sa.create_engine(url, hide_parameters=True, pool_pre_ping=True,
@@ -45,7 +64,7 @@ class MysqlProvisioner(Provisioner):
 
     def names_for(self, user_id: str) -> Dict[str, str]:
         return {"database": safe_name(user_id, "sfp_", DB_NAME_MAX),
-                "user": safe_name(user_id, "sfp_", USER_NAME_MAX)}
+                "user": safe_name(user_id, "sfp_", USER_NAME_MAX), "host": self.tenant_host}
 
     async def provision(self, user_id: str) -> Provisioned:
         names = self.names_for(user_id)
@@ -58,22 +77,26 @@ class MysqlProvisioner(Provisioner):
         )
 
     def _create(self, conn: sa.Connection, names: Dict[str, str], password: str) -> None:
-        db, user = names["database"], names["user"]
+        db, account = names["database"], (names["user"], names["host"])
+        limit = f"WITH MAX_USER_CONNECTIONS {int(self.max_user_connections)}"
         conn.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS `{db}`")
-        # pymysql formats every statement SQLAlchemy hands it, so '%' is written '%%'.
+        # User and host are bound as string literals ('sfp_x'@'10.0.%'), never pasted in.
         # IF NOT EXISTS + ALTER: a half-finished earlier attempt is completed, not an error.
-        conn.exec_driver_sql(f"CREATE USER IF NOT EXISTS '{user}'@'%%' IDENTIFIED BY %s",
-                             (password,))
-        conn.exec_driver_sql(f"ALTER USER '{user}'@'%%' IDENTIFIED BY %s", (password,))
-        conn.exec_driver_sql(f"GRANT ALL PRIVILEGES ON `{db}`.* TO '{user}'@'%%'")
+        conn.exec_driver_sql(f"CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s {limit}",
+                             (*account, password))
+        conn.exec_driver_sql(f"ALTER USER %s@%s IDENTIFIED BY %s {limit}", (*account, password))
+        conn.exec_driver_sql(f"GRANT ALL PRIVILEGES ON `{db}`.* TO %s@%s", account)
 
     async def release(self, user_id: str, resource: Dict[str, Any]) -> None:
         names = {**self.names_for(user_id), **resource}
-        await self._admin(self._drop, names)
+        # A database provisioned before accounts recorded their host was made for '%'.
+        hosts = [names["host"]] if "host" in resource else [self.tenant_host, "%"]
+        await self._admin(self._drop, names, sorted(set(hosts)))
 
-    def _drop(self, conn: sa.Connection, names: Dict[str, str]) -> None:
+    def _drop(self, conn: sa.Connection, names: Dict[str, str], hosts: List[str]) -> None:
         user = names["user"]
-        conn.exec_driver_sql(f"DROP USER IF EXISTS '{user}'@'%%'")
+        for host in hosts:
+            conn.exec_driver_sql("DROP USER IF EXISTS %s@%s", (user, host))
         # Dropping a user leaves its open sessions alive; end them too.
         sessions = conn.exec_driver_sql(
             "SELECT id FROM information_schema.processlist WHERE user = %s", (user,)).scalars()
@@ -86,6 +109,24 @@ class MysqlProvisioner(Provisioner):
 
     async def check(self) -> None:
         await self._admin(lambda conn: conn.exec_driver_sql("SELECT 1"))
+        if not self._limits_applied:  # once, at start: check() is also the readiness probe
+            await self._admin(self._limit_unlimited_accounts)
+            self._limits_applied = True
+
+    def _limit_unlimited_accounts(self, conn: sa.Connection) -> None:
+        """Tenant accounts made before accounts had a limit (0: none) get this one; an
+        account that has a limit keeps it (another replica may have set it)."""
+        if self.max_user_connections <= 0:
+            return
+        accounts = conn.exec_driver_sql(
+            "SELECT user, host FROM mysql.user WHERE user LIKE %s AND max_user_connections = 0",
+            ("sfp\\_%",)).fetchall()
+        for user, host in accounts:
+            conn.exec_driver_sql("ALTER USER %s@%s WITH MAX_USER_CONNECTIONS "
+                                 f"{int(self.max_user_connections)}", (user, host))
+        if accounts:
+            log.info("MySQL provisioner: set MAX_USER_CONNECTIONS %d on %d existing tenant "
+                     "account(s) that had none", self.max_user_connections, len(accounts))
 
     async def _admin(self, fn, *args: Any) -> None:
         await self.runner.run(self._in_transaction, fn, *args)

@@ -1,9 +1,25 @@
-"""The embedded default: one sqlite file per user under ``--state_dir``."""
+"""The embedded default: one sqlite file per user in ``--state_dir``/databases.
+
+Where a user's file lives is a function of the state directory and the user id alone
+(``database_path``), so the ``sql`` task type can check that the file a data source
+names is its owner's, without trusting the data source (see ``plugins/sql.py``).
+"""
 import os
 import sqlite3
 from typing import Any, Dict
 
+from ..statedir import DIR_MODE, create_private_file
 from .base import Provisioned, Provisioner, safe_name
+
+
+def databases_directory(state_dir: str) -> str:
+    """The directory holding every user's sqlite file."""
+    return os.path.join(os.path.abspath(state_dir), "databases")
+
+
+def database_path(directory: str, user_id: str) -> str:
+    """The one file ``user_id``'s sqlite database may be, in ``directory``."""
+    return os.path.join(directory, safe_name(user_id, "", 80) + ".db")
 
 
 class SqliteProvisioner(Provisioner):
@@ -13,24 +29,24 @@ class SqliteProvisioner(Provisioner):
 
     def __init__(self, runner, state_dir: str):
         super().__init__(runner)
-        self.directory = os.path.abspath(os.path.join(state_dir, "databases"))
+        self.directory = databases_directory(state_dir)
 
     def path_for(self, user_id: str) -> str:
-        return os.path.join(self.directory, safe_name(user_id, "", 80) + ".db")
+        return database_path(self.directory, user_id)
 
     async def provision(self, user_id: str) -> Provisioned:
         path = await self.runner.run(self._create, user_id)
         return Provisioned(data_source="sqlite:///" + path, resource={"path": path})
 
     def _create(self, user_id: str) -> str:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        os.makedirs(self.directory, mode=DIR_MODE, exist_ok=True)
         path = self.path_for(user_id)
+        create_private_file(path)  # 0600 before sqlite opens it; never through a symlink
         conn = sqlite3.connect(path)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
         finally:
             conn.close()
-        os.chmod(path, 0o600)
         return path
 
     async def release(self, user_id: str, resource: Dict[str, Any]) -> None:
@@ -44,4 +60,4 @@ class SqliteProvisioner(Provisioner):
                 pass
 
     async def check(self) -> None:
-        await self.runner.run(os.makedirs, self.directory, 0o700, True)
+        await self.runner.run(os.makedirs, self.directory, DIR_MODE, True)
