@@ -99,10 +99,31 @@ def _v2_provisioning_claims(conn: sa.Connection) -> None:
     add_column(conn, "users", sa.Column("claim_expires_at", sa.Double))
 
 
+def _v3_shared_output_and_leases(conn: sa.Connection) -> None:
+    """Job output shipped to the store and replica leases (any replica answers any job)."""
+    add_column(conn, "jobs", sa.Column("output_size", sa.BigInteger))
+    meta = sa.MetaData()
+    sa.Table(
+        "job_output", meta,
+        sa.Column("token", sa.String(64), primary_key=True),
+        sa.Column("offset", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("size", sa.Integer, nullable=False),
+        sa.Column("data", sa.LargeBinary(length=1 << 24), nullable=False),
+    )
+    sa.Table(
+        "replicas", meta,
+        sa.Column("name", sa.String(255), primary_key=True),
+        sa.Column("boot", sa.String(32), nullable=False),
+        sa.Column("lease_until", sa.Double, nullable=False),
+    )
+    meta.create_all(conn, checkfirst=True)
+
+
 Step = Callable[[sa.Connection], None]
 MIGRATIONS: List[Tuple[int, Step]] = [
     (1, _v1_users_and_jobs),
     (2, _v2_provisioning_claims),
+    (3, _v3_shared_output_and_leases),
 ]
 
 

@@ -60,6 +60,29 @@ jobs = sa.Table(
     sa.Column("last_fetched_at", sa.Double, nullable=False),
     sa.Column("fetch_timeout_s", sa.Double, nullable=False),
     sa.Column("replica", sa.String(255), nullable=False, default=""),  # who started it
+    # For jobs that run inside a replica (process, sql): how many bytes of output it
+    # shipped to ``job_output`` once all of it is there; NULL while more may come.
+    sa.Column("output_size", sa.BigInteger),
+)
+
+# The output of jobs that run inside one replica, shipped in chunks so that every replica
+# can serve it: bytes [offset, offset + size) of the job's output file.
+job_output = sa.Table(
+    "job_output",
+    metadata,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("offset", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("data", sa.LargeBinary(length=1 << 24), nullable=False),
+)
+
+# Each live replica renews its lease; the jobs of one whose lease ran out are ended.
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("boot", sa.String(32), nullable=False),
+    sa.Column("lease_until", sa.Double, nullable=False),
 )
 
 ACTIVE = ("PENDING", "RUNNING")
@@ -331,3 +354,89 @@ class Store:
     def delete_job(self, token: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(jobs.delete().where(jobs.c.token == token))
+            conn.execute(job_output.delete().where(job_output.c.token == token))
+
+    def job_tokens_of(self, user_id: str) -> List[str]:
+        """The tokens of every job of ``user_id`` (only that column: specs may be large)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(jobs.c.token).where(
+                jobs.c.user_id == user_id)).scalars())
+
+    def job_statuses(self, tokens: List[str]) -> Dict[str, str]:
+        """{token: status} of those of ``tokens`` that have a row."""
+        found: Dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(tokens), 500):
+                rows = conn.execute(sa.select(jobs.c.token, jobs.c.status).where(
+                    jobs.c.token.in_(tokens[i:i + 500])))
+                found.update((token, status) for token, status in rows)
+        return found
+
+    # -- job output ------------------------------------------------------------
+
+    def append_output(self, chunks: List[tuple]) -> None:
+        """Store ``(token, offset, data)`` chunks, all in one transaction."""
+        if not chunks:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(job_output.insert(), [
+                {"token": t, "offset": o, "size": len(d), "data": d} for t, o, d in chunks])
+
+    def shipped_size(self, token: str) -> int:
+        """How many bytes of the job's output are in the store."""
+        stmt = (sa.select(job_output.c.offset + job_output.c.size)
+                .where(job_output.c.token == token)
+                .order_by(job_output.c.offset.desc()).limit(1))
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar() or 0
+
+    def read_output(self, token: str, start: int, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of the job's shipped output from byte ``start`` on."""
+        end = start + max_bytes
+        stmt = (sa.select(job_output.c.offset, job_output.c.data)
+                .where(job_output.c.token == token)
+                .where(job_output.c.offset < end)
+                .where(job_output.c.offset + job_output.c.size > start)
+                .order_by(job_output.c.offset))
+        parts = []
+        with self.engine.connect() as conn:
+            for offset, data in conn.execute(stmt):
+                if offset > start + sum(len(p) for p in parts):
+                    break  # a gap: never, but never read past one either
+                parts.append(bytes(data)[max(0, start - offset):end - offset])
+        return b"".join(parts)
+
+    # -- replica leases --------------------------------------------------------
+
+    def renew_lease(self, name: str, boot: str, until: float) -> None:
+        with self.engine.begin() as conn:
+            if conn.execute(replicas.update().where(replicas.c.name == name)
+                            .values(boot=boot, lease_until=until)).rowcount == 1:
+                return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(replicas.insert().values(name=name, boot=boot, lease_until=until))
+        except sa.exc.IntegrityError:  # inserted meanwhile by an earlier life: take it
+            with self.engine.begin() as conn:
+                conn.execute(replicas.update().where(replicas.c.name == name)
+                             .values(boot=boot, lease_until=until))
+
+    def drop_lease(self, name: str, boot: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(replicas.delete().where(replicas.c.name == name)
+                         .where(replicas.c.boot == boot))
+
+    def jobs_of_lost_replicas(self, now: float, kinds: List[tuple]) -> List[Dict[str, Any]]:
+        """Active jobs of the ``(task_type, version)`` kinds whose replica's lease ran out
+        before ``now``, or that has no lease at all (it stopped and dropped it)."""
+        live = sa.select(replicas.c.name).where(replicas.c.lease_until >= now)
+        kind = sa.or_(*(sa.and_(jobs.c.task_type == t, jobs.c.version == v) for t, v in kinds))
+        stmt = (jobs.select().where(jobs.c.status.in_(ACTIVE)).where(kind)
+                .where(jobs.c.replica.notin_(live)))
+        with self.engine.connect() as conn:
+            return [_job(r) for r in conn.execute(stmt)]
+
+    def lease_of(self, name: str) -> Optional[Dict[str, Any]]:
+        with self.engine.connect() as conn:
+            r = conn.execute(replicas.select().where(replicas.c.name == name)).first()
+        return dict(r._mapping) if r else None

@@ -249,6 +249,43 @@ def test_sqlite_store_file_is_private_from_the_start(tmp_path, monkeypatch):
     assert os.stat(tmp_path / "state" / "store.db").st_mode & 0o777 == 0o600
 
 
+def test_job_output_chunks_are_read_back_by_byte_range(store):
+    store.insert_job(**job("t1"))
+    assert store.shipped_size("t1") == 0 and store.read_output("t1", 0, 100) == b""
+    data = bytes(range(256)) * 1000  # every byte value, 256,000 bytes
+    store.append_output([("t1", 0, data[:100_000]), ("t1", 100_000, data[100_000:200_000])])
+    store.append_output([("t1", 200_000, data[200_000:])])
+    assert store.shipped_size("t1") == len(data)
+    for start, size in ((0, 10), (99_990, 20), (5, 250_000), (199_999, 2), (255_990, 100)):
+        assert store.read_output("t1", start, size) == data[start:start + size]
+    assert store.read_output("t1", len(data), 10) == b""
+    assert store.job_statuses(["t1", "nope"]) == {"t1": "RUNNING"}
+    assert store.job_tokens_of("alice") == ["t1"] and store.job_tokens_of("bob") == []
+    store.delete_job("t1")  # the output goes with the row
+    assert store.shipped_size("t1") == 0
+
+
+def test_jobs_of_a_replica_whose_lease_ran_out_are_found(store):
+    store.renew_lease("r1", "boot1", until=100.0)
+    store.renew_lease("r2", "boot2", until=200.0)
+    store.renew_lease("r1", "boot1b", until=150.0)  # renewed (by a later life)
+    assert store.lease_of("r1") == {"name": "r1", "boot": "boot1b", "lease_until": 150.0}
+    store.insert_job(**job("a", replica="r1"))
+    store.insert_job(**job("b", replica="r2"))
+    store.insert_job(**job("c", replica="r1", task_type="pod"))  # not a local kind
+    store.insert_job(**job("d", replica="r1", status="SUCCEEDED"))
+    store.insert_job(**job("e", replica="r3"))  # no lease at all
+    kinds = [("sql", "v1"), ("process", "v1")]
+    assert [j["token"] for j in store.jobs_of_lost_replicas(120.0, kinds)] == ["e"]
+    assert sorted(j["token"] for j in store.jobs_of_lost_replicas(160.0, kinds)) == ["a", "e"]
+    assert sorted(j["token"] for j in store.jobs_of_lost_replicas(300.0, kinds)) == [
+        "a", "b", "e"]
+    store.drop_lease("r2", "other-boot")  # not its life: kept
+    assert store.lease_of("r2") is not None
+    store.drop_lease("r2", "boot2")
+    assert store.lease_of("r2") is None
+
+
 # -- migrations ------------------------------------------------------------------------
 
 # The schema as the release before migrations created it (metadata.create_all), frozen.
