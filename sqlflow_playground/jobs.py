@@ -15,7 +15,7 @@ import secrets
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import sqlalchemy as sa
 
@@ -26,6 +26,7 @@ from .identity import Identity
 from .longpoll import LongPolls
 from .plugins.base import (CANCELLED, FAILED, PENDING, RUNNING, STATUSES, SUCCEEDED, UNKNOWN,
                            TaskContext, TaskState, is_terminal)
+from .plugins.output import JsonLines
 from .plugins.registry import PluginRegistry
 from .store import READY, Store
 from .store import jobs as jobs_table
@@ -69,12 +70,14 @@ ENCODE_SLICE = 1000  # responses per json.dumps call: see encode_responses
 ENCODE_ON_LOOP_BYTES = 64 << 10  # an async plugin's page smaller than this is encoded inline
 
 
-def encode_responses(responses: List[Dict[str, Any]]) -> bytes:
+def encode_responses(responses: Sequence[Dict[str, Any]]) -> bytes:
     """The compact JSON array of ``responses``.
 
     Encoded a slice at a time: one json.dumps call holds the GIL throughout, so a page of
     many responses in one call would stall the IOLoop thread however far from it it ran.
     """
+    if isinstance(responses, JsonLines):
+        return responses.json  # already JSON on disk
     if len(responses) <= ENCODE_SLICE:
         return json.dumps(responses, separators=(",", ":")).encode()
     parts = [json.dumps(responses[i:i + ENCODE_SLICE], separators=(",", ":"))[1:-1]
@@ -198,7 +201,7 @@ class JobService:
         """The job's status and the responses after ``since``; with ``wait``, hold the
         request until there is something new or ``wait`` seconds have passed."""
         answer, state = await self._fetch(viewer, token, since, wait)
-        return {**answer, "responses": state.responses}
+        return {**answer, "responses": list(state.responses)}
 
     async def fetch_body(self, viewer: Identity, token: str, since: str = "",
                          wait: float = 0.0) -> bytes:

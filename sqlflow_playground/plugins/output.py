@@ -10,10 +10,11 @@ page comes in pieces (``read_messages``); a JSON response too large for one page
 returned whole, nor read whole: it is replaced by a message saying it was skipped
 (``ResponseLog.read``).
 """
+import collections.abc
 import json
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import BadRequest
 
@@ -136,6 +137,52 @@ def skipped(size: int, max_bytes: int) -> Dict[str, str]:
                        f"({max_bytes} bytes)"}
 
 
+class JsonLines(collections.abc.Sequence):
+    """Responses as read from a JSON-lines file: kept as the bytes on disk, so that a fetch
+    sends them as they are (``json``, one C call) instead of decoding and re-encoding a
+    page in Python; decoded only when someone looks at an element.
+
+    A read-only sequence that compares equal to the list of the same responses and adds
+    to lists; ``list(...)`` of it is a plain list (``json.dumps`` wants one)."""
+
+    __slots__ = ("_body", "_count", "_items")
+
+    def __init__(self, body: bytes):
+        self._body = body  # whole lines, each ending with a newline
+        self._count = body.count(b"\n")
+        self._items: Optional[List[Any]] = None
+
+    @property
+    def json(self) -> bytes:
+        """The compact JSON array of these responses."""
+        return b"[" + self._body[:-1].replace(b"\n", b",") + b"]"
+
+    def _decoded(self) -> List[Any]:
+        if self._items is None:
+            self._items = [json.loads(line) for line in self._body.split(b"\n")[:-1]]
+        return self._items
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):
+        return self._decoded()[index]
+
+    def __eq__(self, other: Any) -> bool:
+        if isinstance(other, (list, JsonLines)):
+            return self._decoded() == list(other)
+        return NotImplemented
+
+    def __add__(self, other: Any) -> List[Any]:
+        return self._decoded() + list(other)
+
+    def __radd__(self, other: Any) -> List[Any]:  # a list + this
+        return list(other) + self._decoded()
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
+
+
 class ResponseLog:
     """An append-only JSON-lines file of SQLFlow-style responses."""
 
@@ -147,9 +194,9 @@ class ResponseLog:
     def writer(self, limit: int = 0) -> "ResponseWriter":
         return ResponseWriter(self.path, limit)
 
-    def read(self, cursor: str, max_bytes: int) -> Tuple[List[Dict[str, Any]], str]:
-        """Responses after ``cursor`` whose JSON takes at most ``max_bytes``, and the next
-        cursor. Only whole lines (a line is whole once its newline is written).
+    def read(self, cursor: str, max_bytes: int) -> Tuple[Sequence[Dict[str, Any]], str]:
+        """Responses after ``cursor`` whose JSON takes at most ``max_bytes`` (a JsonLines),
+        and the next cursor. Only whole lines (a line is whole once its newline is written).
 
         A response larger than ``max_bytes`` (the writers refuse them, but a file may
         predate that) is never loaded: its end is found in SCAN_BYTES steps, and it comes
@@ -177,9 +224,7 @@ class ResponseLog:
         # Bytes left past the last newline of a chunk that stopped short of the end may
         # hold whole lines; those of a chunk that reached the end hold none.
         self.more = offset + len(chunk) < size
-        lines = chunk[:end].split(b"\n")
-        lines.pop()  # the empty string after the last newline
-        return [json.loads(line) for line in lines], str(offset + end)
+        return JsonLines(chunk[:end]), str(offset + end)
 
 
 def _find_newline(fh, size: int) -> Optional[int]:
@@ -229,7 +274,8 @@ class ResponseWriter:
         self.written = self._fh.tell()  # appending to what is already there
 
     def write(self, response: Dict[str, Any]) -> None:
-        line = json.dumps(response, separators=(",", ":")).encode() + b"\n"
+        # allow_nan=False: every line must be JSON as it is, for fetches send it unchanged
+        line = json.dumps(response, separators=(",", ":"), allow_nan=False).encode() + b"\n"
         if self.limit > 0 and self.written + len(line) > self.limit:
             raise OutputLimitExceeded(self.limit, self.written, len(line))
         self._fh.write(line)
