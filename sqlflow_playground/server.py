@@ -16,6 +16,7 @@ from tornado.ioloop import PeriodicCallback
 from .accesslog import log_request
 from .blocking import BlockingRunner
 from .config import Config, ConfigError
+from .connections import GatewayHTTPServer, connection_cap, fd_reserve, raise_fd_limit
 from .errors import Unavailable
 from .handlers import NotFoundHandler, all_handlers, route_templates
 from .handlers.base import DISCARD_LIMIT_BYTES
@@ -127,8 +128,15 @@ class Gateway:
         await self.jobs.recover()
         await self._reconcile()
         # Unbuffered request bodies are capped by the handlers; this only bounds headers.
-        self.http = HTTPServer(self.app, ssl_options=self.ssl_context(), max_buffer_size=2 << 20,
-                               max_body_size=DISCARD_LIMIT_BYTES)
+        # Timeouts, the connection cap and JSON answers to refused requests: connections.py.
+        c = self.config
+        max_connections = connection_cap(c.max_connections, raise_fd_limit(),
+                                         fd_reserve(c.executor_threads, c.max_jobs))
+        self.http = GatewayHTTPServer(
+            self.app, ssl_options=self.ssl_context(), max_buffer_size=2 << 20,
+            max_body_size=DISCARD_LIMIT_BYTES, body_timeout=c.body_timeout_s or None,
+            handshake_timeout_s=c.handshake_timeout_s, header_timeout_s=c.header_timeout_s,
+            idle_timeout_s=c.idle_connection_timeout_s, max_connections=max_connections)
         self.sockets = tornado.netutil.bind_sockets(self.config.port, self.config.host or None)
         self.http.add_sockets(self.sockets)
         if self.config.health_port:

@@ -1,0 +1,430 @@
+"""Connection hygiene: the bounds a hostile client meets before any handler runs.
+
+Why this exists: Tornado's HTTPServer has no TLS-handshake timeout and no cap on
+connections; its one ``idle_connection_timeout`` (1 h by default) covers both the wait
+for a request and the arrival of its header block, so a client sending a byte a second
+holds a connection for an hour; its accept loop raises on every readiness event once
+file descriptors run out (a traceback each, and a busy loop, since the listening socket
+stays readable); a header block over ``max_header_size`` is cut off without an answer,
+and a request it cannot take (too many query fields, a bad Host) gets a bare ``400``.
+
+``GatewayHTTPServer`` is an HTTPServer that closes those gaps:
+
+* Its own accept loop. With ``max_connections`` open, a new connection is closed at
+  once (never queued); a failing accept (EMFILE, ...) pauses accepting for
+  ``ACCEPT_PAUSE_S``. Both are counted and logged at most once per ``LOG_EVERY_S``.
+* A sweeper, a few ticks per shortest timeout, closes a connection that stays too long
+  in one phase: the TLS handshake (from accept), idle (a keep-alive connection with no
+  request under way), a header block (from its first byte). It costs per connection and
+  per tick, never per request: Tornado's per-request header timer is switched off (the
+  body timeout stays Tornado's ``body_timeout``).
+* A header block over the limit is answered ``431`` and an unparsable request ``400``,
+  with the JSON error body of every other error.
+
+The sweeper and the 431 read private IOStream state (``_read_regex``: set while a header
+block is awaited, ``_read_buffer_size``, ``_read_future``, ``_read_max_bytes``);
+tests/test_hostile_connections.py fails if a Tornado upgrade changes it.
+"""
+import json
+import logging
+import resource
+import socket
+import ssl
+from collections import Counter
+from typing import Any, Dict, Optional
+
+from tornado import httputil
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError, UnsatisfiableReadError
+from tornado.netutil import ssl_wrap_socket
+
+from .accesslog import REQUEST_ID_HEADER, access_log, request_id_for
+
+log = logging.getLogger(__name__)
+
+ACCEPT_BATCH = 128  # accepts per readiness event, as Tornado's own loop
+CLOSE_BATCH = 16  # expired connections closed per loop iteration
+ACCEPT_PAUSE_S = 0.1  # after a failed accept: the listening socket stays readable meanwhile
+LOG_EVERY_S = 10.0  # at most one line per this long about refused or closed connections
+FD_RESERVE = 128  # descriptors kept beside connections for the store, logs, the cluster
+MAX_MESSAGE_CHARS = 200
+LINGER_S, LINGER_BYTES = 2.0, 4 << 20  # after a 431: read and drop at most this
+
+HANDSHAKE, IDLE, HEADERS, BUSY = "TLS handshake", "idle", "header block", "busy"
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as e:
+            log.warning("file descriptors: cannot raise the soft limit %d to %d: %s",
+                        soft, target, e)
+            return soft
+        log.info("file descriptors: soft limit raised from %d to %d (the hard limit)",
+                 soft, target)
+        return target
+    log.info("file descriptors: soft limit %d (the hard limit)", soft)
+    return soft
+
+
+def fd_reserve(executor_threads: int, max_jobs: int) -> int:
+    """Descriptors the rest of the server may hold: database connections per executor
+    thread, pipes and output files per running job, and a margin."""
+    return FD_RESERVE + 2 * executor_threads + 4 * max_jobs
+
+
+def connection_cap(wanted: int, fd_limit: int, reserve: int) -> int:
+    """``wanted``, lowered so connections never take the descriptors the rest needs."""
+    room = max(fd_limit - reserve, fd_limit // 2)
+    if wanted > room:
+        log.warning("max_connections %d does not fit the file-descriptor limit %d "
+                    "(%d kept for the store, executor and jobs): capping at %d",
+                    wanted, fd_limit, reserve, room)
+        return room
+    return wanted
+
+
+class _Tally:
+    """Counts events by reason: the first is logged at once, the rest summed up in one
+    line per ``LOG_EVERY_S`` while they keep coming."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.counts: Counter = Counter()
+        self._timer: Optional[object] = None
+
+    def add(self, reason: str) -> None:
+        self.counts[reason] += 1
+        if self._timer is None:
+            self.flush()
+            self._timer = IOLoop.current().call_later(LOG_EVERY_S, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.counts:
+            self.flush()
+            self._timer = IOLoop.current().call_later(LOG_EVERY_S, self._tick)
+
+    def flush(self) -> None:
+        if self.counts:
+            log.warning("%s (at most one such line per %gs): %s", self.title, LOG_EVERY_S,
+                        "; ".join(f"{n} x {reason}" for reason, n in self.counts.items()))
+            self.counts.clear()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            IOLoop.current().remove_timeout(self._timer)
+            self._timer = None
+        self.flush()
+
+
+def _error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message[:MAX_MESSAGE_CHARS]}}).encode()
+
+
+class _Answers431:
+    """Stream mixin: when a header block outgrows ``max_header_size`` Tornado closes the
+    stream from inside its read; this answers 431 just before it does, and lingers."""
+
+    _linger = False
+
+    def close(self, exc_info: Any = False) -> None:
+        if (isinstance(exc_info, UnsatisfiableReadError) and self._read_regex is not None
+                and not self.closed()):
+            self._answer_header_too_large()
+        super().close(exc_info)  # type: ignore[misc]
+
+    def close_fd(self) -> None:
+        if not self._linger:
+            return super().close_fd()  # type: ignore[misc]
+        sock, self.socket = self.socket, None
+        _Linger(sock)
+
+    def _answer_header_too_large(self) -> None:
+        request_id = request_id_for({})
+        body = _error_body("request_header_fields_too_large",
+                           f"the request's header block is larger than "
+                           f"{self._read_max_bytes} bytes")
+        head = ("HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                "Content-Type: application/json; charset=UTF-8\r\n"
+                f"Content-Length: {len(body)}\r\n{REQUEST_ID_HEADER}: {request_id}\r\n"
+                "Connection: close\r\n\r\n").encode()
+        try:
+            self.write(head + body)  # written now, before the close that follows
+        except StreamClosedError:
+            return
+        self._linger = True
+        access_log.warning(json.dumps({"request_id": request_id, "status": 431,
+                                       "remote_ip": _peer(self)}))
+
+
+class _Linger:
+    """Read and drop what the client still sends, for a moment, then close: closing a
+    socket with unread input sends a reset, which can destroy the answer before the
+    client has read it (the client is often still sending its oversized header)."""
+
+    lingering: "set[_Linger]" = set()
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.left, self.loop = sock, LINGER_BYTES, IOLoop.current()
+        self.lingering.add(self)
+        self.timer = self.loop.call_later(LINGER_S, self.close)
+        self.loop.add_handler(sock, self.drain, IOLoop.READ)
+
+    def drain(self, fd: Any, events: int) -> None:
+        try:
+            while self.left > 0:
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                self.left -= len(data)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return
+        except OSError:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        if self.sock is None:
+            return
+        self.loop.remove_timeout(self.timer)
+        self.loop.remove_handler(self.sock)
+        self.sock.close()
+        self.sock = None
+        self.lingering.discard(self)
+
+
+class _SSLStream(_Answers431, SSLIOStream):
+    pass
+
+
+class _PlainStream(_Answers431, IOStream):
+    pass
+
+
+def _peer(stream: IOStream) -> Optional[str]:
+    try:
+        return stream.socket.getpeername()[0]
+    except (OSError, AttributeError, IndexError):
+        return None
+
+
+class _InputErrorsAsJSON(httputil.HTTPMessageDelegate):
+    """Around the application's delegate: a request Tornado refuses while building it
+    (too many query fields, a bad Host) is answered with a JSON 400, not a bare one."""
+
+    def __init__(self, delegate: httputil.HTTPMessageDelegate,
+                 connection: httputil.HTTPConnection):
+        self.delegate = delegate
+        self.connection = connection
+
+    def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
+        try:
+            return self.delegate.headers_received(start_line, headers)
+        except httputil.HTTPInputError as e:
+            self.delegate = httputil.HTTPMessageDelegate()  # the body, if any, is dropped
+            self._answer_400(start_line, headers, str(e))
+            return None
+
+    def data_received(self, chunk: bytes) -> Any:
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self.delegate.on_connection_close()
+
+    def _answer_400(self, start_line: Any, headers: httputil.HTTPHeaders, message: str) -> None:
+        request_id = request_id_for(headers)
+        body = _error_body("bad_request", message)
+        self.connection.write_headers(
+            httputil.ResponseStartLine("HTTP/1.1", 400, "Bad Request"),
+            httputil.HTTPHeaders({"Content-Type": "application/json; charset=UTF-8",
+                                  "Content-Length": str(len(body)), "Connection": "close",
+                                  REQUEST_ID_HEADER: request_id}),
+            None if start_line.method == "HEAD" else body)
+        self.connection.finish()
+        access_log.warning(json.dumps({
+            "request_id": request_id, "method": start_line.method,
+            "path": start_line.path.partition("?")[0][:MAX_MESSAGE_CHARS], "status": 400,
+            "remote_ip": getattr(getattr(self.connection, "context", None), "remote_ip", None)}))
+
+
+class _Watch:
+    """What the sweeper last saw of one connection: its phase, since when."""
+
+    __slots__ = ("phase", "mark", "since")
+
+    def __init__(self, phase: str, since: float):
+        self.phase, self.mark, self.since = phase, None, since
+
+
+class GatewayHTTPServer(HTTPServer):
+    """HTTPServer with a handshake, header and idle timeout, a connection cap, a quiet
+    accept loop and JSON answers to what Tornado refuses (see the module docstring).
+
+    Extra keyword arguments: ``handshake_timeout_s``, ``header_timeout_s``,
+    ``idle_timeout_s`` (None or 0: none) and ``max_connections``; the rest are
+    HTTPServer's (``body_timeout`` among them).
+    """
+
+    def initialize(self, request_callback: Any, *, handshake_timeout_s: Optional[float] = None,
+                   header_timeout_s: Optional[float] = None,
+                   idle_timeout_s: Optional[float] = None, max_connections: int = 10000,
+                   **kwargs: Any) -> None:
+        super().initialize(request_callback, **kwargs)
+        self.conn_params.header_timeout = None  # the sweeper watches idle and header time
+        self.max_connections = max_connections
+        self.limits: Dict[str, Optional[float]] = {
+            HANDSHAKE: handshake_timeout_s or None, IDLE: idle_timeout_s or None,
+            HEADERS: header_timeout_s or None, BUSY: None}
+        self._watched: Dict[IOStream, _Watch] = {}
+        self._listening: Dict[int, socket.socket] = {}
+        self._paused: Dict[int, object] = {}
+        self._refused = _Tally("new connections not served")
+        self._expired = _Tally("connections closed for taking too long")
+        timeouts = [t for t in self.limits.values() if t]
+        self._sweeper = None
+        if timeouts:  # a tick of a quarter of the shortest: closes after 1 to 1.5 timeouts
+            tick_s = min(1.0, max(0.05, min(timeouts) / 4))
+            self._sweeper = PeriodicCallback(self._sweep, tick_s * 1000)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._watched)
+
+    # -- accepting -------------------------------------------------------------
+
+    def add_sockets(self, sockets: Any) -> None:
+        for sock in sockets:
+            self._listening[sock.fileno()] = sock
+            self._listen(sock)
+        if self._sweeper is not None and not self._sweeper.is_running():
+            self._sweeper.start()
+
+    def _listen(self, sock: socket.socket) -> None:
+        IOLoop.current().add_handler(sock, lambda fd, events: self._accept(sock), IOLoop.READ)
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, address = sock.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as e:  # EMFILE, ENFILE, ENOBUFS...: try again in a moment
+                loop = IOLoop.current()
+                loop.remove_handler(sock)
+                self._paused[sock.fileno()] = loop.call_later(ACCEPT_PAUSE_S, self._resume, sock)
+                self._refused.add(f"accept failed ({e.strerror or e}): accepting paused "
+                                  f"{ACCEPT_PAUSE_S:g}s, the client waits")
+                return
+            if len(self._watched) >= self.max_connections:
+                conn.close()
+                self._refused.add(f"closed at once: {self.max_connections} connections open "
+                                  "(max_connections)")
+                continue
+            try:
+                if self.ssl_options is not None:
+                    conn = ssl_wrap_socket(conn, self.ssl_options, server_side=True,
+                                           do_handshake_on_connect=False)
+                    stream: IOStream = _SSLStream(conn, max_buffer_size=self.max_buffer_size,
+                                                  read_chunk_size=self.read_chunk_size)
+                else:
+                    stream = _PlainStream(conn, max_buffer_size=self.max_buffer_size,
+                                          read_chunk_size=self.read_chunk_size)
+            except OSError:  # the peer is gone already (ssl.SSLError is an OSError)
+                conn.close()
+                continue
+            self.handle_stream(stream, address)
+
+    def _resume(self, sock: socket.socket) -> None:
+        if self._paused.pop(sock.fileno(), None) is not None:
+            self._listen(sock)
+
+    def handle_stream(self, stream: IOStream, address: Any) -> None:
+        if not isinstance(stream, SSLIOStream):
+            self._watched[stream] = _Watch(BUSY, IOLoop.current().time())
+            super().handle_stream(stream, address)
+            return
+        self._watched[stream] = _Watch(HANDSHAKE, IOLoop.current().time())
+        stream.wait_for_handshake().add_done_callback(
+            lambda done: self._handshake_done(done, stream, address))
+
+    def _handshake_done(self, done: Any, stream: IOStream, address: Any) -> None:
+        # A failed handshake was logged by Tornado; one that timed out, by the sweeper.
+        if done.cancelled() or done.exception() is not None or stream.closed():
+            self._watched.pop(stream, None)
+            return
+        self._watched[stream].phase = BUSY
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn: Any) -> None:
+        self._watched.pop(server_conn.stream, None)
+        super().on_close(server_conn)
+
+    def start_request(self, server_conn: Any, request_conn: httputil.HTTPConnection) -> Any:
+        return _InputErrorsAsJSON(super().start_request(server_conn, request_conn), request_conn)
+
+    # -- the sweeper -----------------------------------------------------------
+
+    def _sweep(self) -> None:
+        now = IOLoop.current().time()
+        stale = []
+        for stream, watch in self._watched.items():
+            if watch.phase is not HANDSHAKE:
+                mark = stream._read_future if stream._read_regex is not None else None
+                phase = BUSY if mark is None else HEADERS if stream._read_buffer_size else IDLE
+                if phase is not watch.phase or mark is not watch.mark:
+                    watch.phase, watch.mark, watch.since = phase, mark, now
+                    continue
+            limit = self.limits[watch.phase]
+            if limit is not None and now - watch.since > limit:
+                stale.append((stream, watch.phase))
+        if stale:
+            self._close(stale)
+
+    def _close(self, stale: list) -> None:
+        """Close a few per loop iteration: each close sets off callbacks of its own, and
+        hundreds at once would keep every other connection waiting behind them."""
+        for stream, phase in stale[:CLOSE_BATCH]:
+            if not stream.closed():
+                stream.close()
+                self._expired.add(f"{phase} longer than {self.limits[phase]:g}s")
+        del stale[:CLOSE_BATCH]
+        if stale:
+            IOLoop.current().add_callback(self._close, stale)
+
+    # -- stopping --------------------------------------------------------------
+
+    def stop(self) -> None:
+        loop = IOLoop.current()
+        for fd, sock in self._listening.items():
+            paused = self._paused.pop(fd, None)
+            if paused is not None:
+                loop.remove_timeout(paused)
+            else:
+                loop.remove_handler(sock)
+            sock.close()
+        self._listening.clear()
+        if self._sweeper is not None:
+            self._sweeper.stop()
+        self._refused.stop()
+        self._expired.stop()
+        super().stop()
+
+    async def close_all_connections(self) -> None:
+        for stream, watch in list(self._watched.items()):
+            if watch.phase is HANDSHAKE:
+                stream.close()
+        for linger in list(_Linger.lingering):
+            if linger.loop is IOLoop.current():
+                linger.close()
+        await super().close_all_connections()
