@@ -58,8 +58,8 @@ JOB_SUMMARY = dict(
 USER_SUMMARY = dict(user_id=STR, provisioner=STR,
                     status={"type": "string", "enum": [PROVISIONING, READY, RELEASING]},
                     created_at=NUM, last_seen_at=NUM)
-FETCH_TIMEOUT = {**NUM, "exclusiveMinimum": 0,
-                 "description": "cancel the job when not fetched for this long"}
+FETCH_TIMEOUT = {**NUM, "exclusiveMinimum": 0, "maximum": 604800,
+                 "description": "cancel the job when not fetched for this long (at most 7 days)"}
 
 SCHEMAS: Dict[str, Schema] = {
     "Error": obj(["error"], error=obj(["code", "message"], code=STR, message=STR)),
