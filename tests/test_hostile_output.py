@@ -164,6 +164,25 @@ def test_response_writer_refuses_a_line_past_its_limit_and_keeps_what_came_befor
             again.write(line)
 
 
+def test_a_sql_job_producing_past_its_cap_fails_saying_so(make_server, fetch_as):
+    server = make_server(max_output_bytes=CAP)
+    alice = fetch_as("alice", server.port)
+    assert alice("POST", "/api/create_db", {}).status == 200
+    sql = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 100000) "
+           "SELECT x, 'row ' || x FROM c")
+    resp = alice("POST", "/api/jobs", {"task_type": "sql", "spec": {"sql": sql}})
+    assert resp.status == 201, resp.body
+    token = resp.body["token"]
+    body, responses, _ = fetch_until_eof(alice, token)
+    assert body["status"] == "FAILED", body
+    assert "output cap reached" in body["message"] and "--max_output_bytes" in body["message"]
+    path = os.path.join(job_dir(server, token), "responses.jsonl")
+    assert CAP - 100 < os.path.getsize(path) <= CAP
+    rows = [r["row"] for r in responses if "row" in r]
+    assert responses[0] == {"head": ["x", "'row ' || x"]} and len(rows) > 1000
+    assert rows == [[i, f"row {i}"] for i in range(1, len(rows) + 1)]  # the output so far
+
+
 def test_a_user_over_their_output_bound_gets_429_and_nothing_changes(make_server, fetch_as):
     bound = 50_000
     server = make_server(enable_process_jobs=True, max_output_bytes_per_user=bound)
