@@ -297,7 +297,8 @@ class GatewayHTTPServer(HTTPServer):
 
     @property
     def open_connections(self) -> int:
-        return len(self._watched)
+        """Connections from accept to close (lingering ones after a 431 count too)."""
+        return len(self._watched) + len(_Linger.lingering)
 
     # -- accepting -------------------------------------------------------------
 
@@ -326,7 +327,7 @@ class GatewayHTTPServer(HTTPServer):
                 self._refused.add(f"accept failed ({e.strerror or e}): accepting paused "
                                   f"{ACCEPT_PAUSE_S:g}s, the client waits")
                 return
-            if len(self._watched) >= self.max_connections:
+            if len(self._watched) + len(_Linger.lingering) >= self.max_connections:
                 conn.close()
                 self._refused.add(f"closed at once: {self.max_connections} connections open "
                                   "(max_connections)")
