@@ -51,7 +51,8 @@ class TaskState:
     responses: List[Dict[str, Any]] = field(default_factory=list)
     cursor: str = ""  # pass this to the next ``get`` to continue where this one stopped
     #: True if more responses are ready past ``cursor`` (the page was full), False if not,
-    #: None if the plugin cannot tell (then a finished job's last page is an empty one).
+    #: None if the plugin cannot tell: then, once the job has ended, the service asks
+    #: ``get`` once more from ``cursor`` to know whether this page was the last (eof).
     more: Optional[bool] = None
     outputs: Dict[str, Any] = field(default_factory=dict)
     log_links: List[Dict[str, str]] = field(default_factory=list)

@@ -47,11 +47,14 @@ def _open_at(path: str, offset: int, cursor: str):
     return fh, size
 
 
-def read_lines(path: str, cursor: str, max_bytes: int, complete: bool) -> Tuple[List[bytes], str]:
+def read_lines(path: str, cursor: str, max_bytes: int, complete: bool,
+               split_long: bool = True) -> Tuple[List[bytes], str]:
     """Whole lines from ``cursor`` on, at most ``max_bytes`` of them, and the next cursor.
 
     ``complete`` says the writer has finished, so a final line without a newline counts.
     A single line longer than ``max_bytes`` is returned in ``max_bytes`` pieces.
+    (``split_long`` is ignored: a line is never returned whole past ``max_bytes`` any
+    more; kept so that callers written for it still run.)
     """
     offset = parse_cursor(cursor)
     if max_bytes <= 0:  # status only
