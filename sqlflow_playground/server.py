@@ -78,8 +78,10 @@ class Gateway:
             self.cluster = Cluster(config.namespace, config.kubeconfig)
         self.provisioner = provisioner or make_provisioner(config, self.runner, self.cluster)
         self.metrics = Metrics(self.store)
-        self.playground = PlaygroundService(self.store, self.provisioner, self.runner,
-                                            config.idle_timeout_s)
+        self.playground = PlaygroundService(
+            self.store, self.provisioner, self.runner, config.idle_timeout_s,
+            replica=config.replica or socket.gethostname(),
+            claim_ttl_s=config.provision_timeout_s + 30)
         self.playground.on_provisioned = self.metrics.observe_provisioning
         self.registry = PluginRegistry(
             self.runner, builtin_plugins(config.enable_process_jobs, self.cluster))
@@ -126,6 +128,10 @@ class Gateway:
             except Exception as e:
                 raise Unavailable(f"cannot reach the Kubernetes API: {e}") from None
         await self.jobs.recover()
+        rolled_back = await self.playground.recover()
+        if rolled_back:
+            log.warning("rolled back %d provisioning(s) cut short by this replica's last stop",
+                        rolled_back)
         await self._reconcile()
         # Unbuffered request bodies are capped by the handlers; this only bounds headers.
         # Timeouts, the connection cap and JSON answers to refused requests: connections.py.
