@@ -348,7 +348,8 @@ class _Session:
 def _write_status(workdir: str, status: str, message: str, outputs: Dict[str, Any]) -> None:
     path = os.path.join(workdir, "status.json")
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "w") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
         json.dump({"status": status, "message": message, "outputs": outputs}, fh)
     os.replace(tmp, path)
 
