@@ -103,10 +103,12 @@ def read_messages(path: str, cursor: str, max_bytes: int,
             if taken:
                 end = pos
                 break
-            line = _cut_to_fit(line, max_bytes)  # alone larger than a page
-            taken.append(line)
-            end = pos + len(line)
-            break
+            piece = _cut_to_fit(line, max_bytes)  # alone larger than a page
+            if len(piece) < len(line):
+                taken.append(piece)
+                end = pos + len(piece)
+                break
+            # (a page too small for even an empty message: take the line anyway)
         taken.append(line)
         used += cost
         pos = min(pos + len(line) + 1, end)  # + its newline (none after the last piece)
@@ -131,6 +133,8 @@ def _cut_to_fit(line: bytes, max_bytes: int) -> bytes:
     n = lo
     while 1 < n < len(line) and line[n] & 0xC0 == 0x80:
         n -= 1
+    while n < min(len(line), 4) and line[n] & 0xC0 == 0x80:
+        n += 1  # a page too small for one character: take the whole character
     return line[:n]
 
 
