@@ -110,6 +110,25 @@ def test_no_page_of_a_process_job_passes_fetch_page_bytes_whatever_it_prints(ali
     assert text == "\x01\ufffd" * 20000 + "é" * 5000 + "end"
 
 
+@pytest.mark.parametrize("page", [5, 16, 40, 100, PAGE])
+def test_text_output_paged_in_any_size_comes_back_whole_and_every_page_moves_on(tmp_path,
+                                                                                page):
+    from sqlflow_playground.plugins.output import read_messages
+    data = b"\n\nabc\n" + "é".encode() * 50 + "😀".encode() * 3 + b"\x00\xff\nend"
+    (tmp_path / "output.log").write_bytes(data)
+    cursor, text = "", ""
+    while True:
+        responses, after, more = read_messages(str(tmp_path / "output.log"), cursor, page, True)
+        if not responses:
+            break
+        assert int(after) > int(cursor or 0)  # progress, even on a page too small for a message
+        if page >= 40:
+            assert len(compact(responses)) <= page
+        text += "".join(r["message"] for r in responses)
+        cursor = after
+    assert not more and text == data.decode("utf-8", "replace").replace("\n", "")
+
+
 def test_a_big_page_is_encoded_off_the_ioloop(alice, process_server, monkeypatch):
     calls = []
     real = jobs_module.encode_responses
