@@ -106,7 +106,8 @@ def _page_async(runner: BlockingRunner, get: Callable[..., Any]):
         state = await get(ctx, meta, cursor)
         if _complete(state):
             state.more = bool((await get(ctx, meta, state.cursor)).responses)
-        if _rough_size(state.responses) < ENCODE_ON_LOOP_BYTES:
+        if isinstance(state.responses, JsonLines) \
+                or _rough_size(state.responses) < ENCODE_ON_LOOP_BYTES:
             state.encoded = encode_responses(state.responses)
         else:
             state.encoded = await runner.run(encode_responses, state.responses)
@@ -114,7 +115,7 @@ def _page_async(runner: BlockingRunner, get: Callable[..., Any]):
     return page
 
 
-def _rough_size(responses: List[Dict[str, Any]]) -> int:
+def _rough_size(responses: Sequence[Dict[str, Any]]) -> int:
     """About how large the JSON of ``responses`` is: their texts' lengths, cheaply."""
     if len(responses) >= 4096:
         return ENCODE_ON_LOOP_BYTES
