@@ -267,6 +267,11 @@ def open_private(path: str, mode: str = "ab", **kw: Any):
     return open(os.open(path, flags, 0o600), mode, **kw)
 
 
+# allow_nan=False: every line must be JSON as it is, for fetches send it unchanged. One
+# encoder for all (json.dumps with any non-default argument builds one per call).
+_LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 class ResponseWriter:
     """Writes responses one line each; a line is visible to readers once flushed.
 
@@ -281,8 +286,7 @@ class ResponseWriter:
         self.written = self._fh.tell()  # appending to what is already there
 
     def write(self, response: Dict[str, Any]) -> None:
-        # allow_nan=False: every line must be JSON as it is, for fetches send it unchanged
-        line = json.dumps(response, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+        line = _LINE_ENCODER.encode(response).encode() + b"\n"
         if self.limit > 0 and self.written + len(line) > self.limit:
             raise OutputLimitExceeded(self.limit, self.written, len(line))
         self._fh.write(line)
