@@ -65,6 +65,7 @@ def check_fetch_timeout(value: Any) -> None:
 
 ENCODE_SLICE = 1000  # responses per json.dumps call: see encode_responses
 ENCODE_ON_LOOP_BYTES = 64 << 10  # an async plugin's page smaller than this is encoded inline
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
 
 
 def encode_responses(responses: Sequence[Dict[str, Any]]) -> bytes:
@@ -76,8 +77,8 @@ def encode_responses(responses: Sequence[Dict[str, Any]]) -> bytes:
     if isinstance(responses, JsonLines):
         return responses.json  # already JSON on disk
     if len(responses) <= ENCODE_SLICE:
-        return json.dumps(responses, separators=(",", ":")).encode()
-    parts = [json.dumps(responses[i:i + ENCODE_SLICE], separators=(",", ":"))[1:-1]
+        return _ENCODER.encode(responses).encode()
+    parts = [_ENCODER.encode(responses[i:i + ENCODE_SLICE])[1:-1]
              for i in range(0, len(responses), ENCODE_SLICE)]
     return ("[" + ",".join(parts) + "]").encode()
 
@@ -214,7 +215,7 @@ class JobService:
         encoded = state.encoded
         if encoded is None:  # no page was read: nothing, or the status alone
             encoded = encode_responses(state.responses)
-        head = json.dumps(answer, separators=(",", ":")).encode()
+        head = _ENCODER.encode(answer).encode()
         return b"".join((head[:-1], b',"responses":', encoded, b"}"))
 
     async def _fetch(self, viewer: Identity, token: str, since: str,
