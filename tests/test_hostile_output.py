@@ -89,6 +89,27 @@ def test_a_response_larger_than_a_page_is_skipped_never_read_whole(tmp_path):
     assert int(cursor) == os.path.getsize(path)
 
 
+def test_a_stored_response_larger_than_a_page_never_makes_a_fetch_page_larger(make_server,
+                                                                              fetch_as):
+    server = make_server(fetch_page_bytes=PAGE)
+    alice = fetch_as("alice", server.port)
+    assert alice("POST", "/api/create_db", {}).status == 200
+    resp = alice("POST", "/api/jobs", {"task_type": "sql", "spec": {"sql": "SELECT 1 AS one"}})
+    token = resp.body["token"]
+    assert finished_on_disk(server, token)
+    # As if written before writers refused such responses: one of 1 MB between two others.
+    path = os.path.join(job_dir(server, token), "responses.jsonl")
+    huge = compact({"row": ["h" * 1_000_000]})
+    with open(path, "w") as fh:
+        fh.write(compact({"head": ["one"]}) + "\n" + huge + "\n" + compact({"eoe": True}) + "\n")
+    body, sizes, responses = page_sizes(alice, token)
+    assert max(sizes) <= PAGE
+    assert responses == [{"head": ["one"]},
+                         {"message": f"response of {len(huge)} bytes skipped: larger than "
+                                     f"fetch_page_bytes ({PAGE} bytes)"},
+                         {"eoe": True}]
+
+
 def test_a_response_of_exactly_a_page_still_comes_whole(tmp_path):
     path = str(tmp_path / "responses.jsonl")
     response = {"row": ["y" * (PAGE - len(compact({"row": [""]})))]}
