@@ -65,7 +65,8 @@ def check_fetch_timeout(value: Any) -> None:
 
 ENCODE_SLICE = 1000  # responses per json.dumps call: see encode_responses
 ENCODE_ON_LOOP_BYTES = 64 << 10  # an async plugin's page smaller than this is encoded inline
-_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # NaN is not JSON
+# (one encoder for all: json.dumps with any non-default argument builds one per call)
 
 
 def encode_responses(responses: Sequence[Dict[str, Any]]) -> bytes:
