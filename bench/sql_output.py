@@ -16,8 +16,8 @@ Load (this process, pinned to core 1, asyncio): 5 clients, each acting for its o
      SELECT x, 'row ' || x FROM c``: fetched page by page (``wait=5``) to eof, while the
      job runs and after; every row is counted.
 Meanwhile a heart-beat client (a process of its own, on the load generator's core) sends
-``GET /api/heart_beat`` every 10 ms on its own keep-alive connection, and a sampler reads the server's VmRSS from /proc/PID/status every
-10 ms (and VmHWM at the end).
+``GET /api/heart_beat`` every 10 ms on its own keep-alive connection, and a sampler reads
+the server's VmRSS from /proc/PID/status every 10 ms (and VmHWM at the end).
 
 Then the 5 finished results are fetched again from their start, all at once: the fetch
 path alone (1 MiB pages read from disk and sent), without the jobs' own work, with the
