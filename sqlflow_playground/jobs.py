@@ -174,6 +174,7 @@ class JobService:
         async with self._submit_lock:  # so two submits cannot both take the last slot
             await self._check_quota(user_id)
             now = self.clock()
+            os.makedirs(os.path.dirname(ctx.workdir), mode=0o700, exist_ok=True)
             os.makedirs(ctx.workdir, mode=0o700)
             await self.runner.run(
                 self.store.insert_job, token=token, user_id=user_id, task_type=task_type,

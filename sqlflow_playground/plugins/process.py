@@ -105,7 +105,7 @@ class ProcessPlugin(TaskPlugin):
             raise Unprocessable(f"spec['env'] is {total} bytes in all; at most {MAX_ENV_BYTES}")
 
     def create(self, ctx: TaskContext, spec: Dict[str, Any]) -> Dict[str, Any]:
-        os.makedirs(os.path.join(ctx.workdir, "work"), exist_ok=True)
+        os.makedirs(os.path.join(ctx.workdir, "work"), mode=0o700, exist_ok=True)
         env = {**BASE_ENV, "HOME": os.path.join(ctx.workdir, "work"), **spec.get("env", {})}
         with open_private(os.path.join(ctx.workdir, "spec_env.json"), "w") as fh:
             json.dump(env, fh)
@@ -119,6 +119,12 @@ class ProcessPlugin(TaskPlugin):
                 start_new_session=True)
         _runners[runner.pid] = runner
         return {"runner_pid": runner.pid}
+
+    output_file = "output.log"
+
+    def read_output(self, ctx: TaskContext, cursor: str, complete: bool):
+        return read_messages(os.path.join(ctx.workdir, self.output_file), cursor,
+                             ctx.max_bytes, complete)
 
     def get(self, ctx: TaskContext, meta: Dict[str, Any], cursor: str) -> TaskState:
         files = _files(ctx)

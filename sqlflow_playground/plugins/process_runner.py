@@ -82,6 +82,7 @@ def cap_message(max_bytes: int) -> str:
 
 
 def main(argv: list) -> int:
+    os.umask(0o077)  # the job's files, and its command's, are for the server's user only
     workdir, timeout_s, max_bytes = argv[0], float(argv[1]), int(argv[2])
     command = argv[4:]
     with open(os.path.join(workdir, "spec_env.json")) as fh:
