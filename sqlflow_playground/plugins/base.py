@@ -12,7 +12,7 @@ Methods may be ``async def`` or plain ``def``; plain ones run in the bounded exe
 """
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, UNKNOWN = (
     "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "UNKNOWN")
@@ -72,6 +72,18 @@ class TaskPlugin(abc.ABC):
     #: whether the work runs inside the server process's host (its files live there), so
     #: only the replica that started it can follow it
     runs_locally: bool = False
+    #: for a plugin that runs locally: the file in the job's ``workdir`` that holds all of
+    #: its output, appended to only, so that the replica running the job can ship it to
+    #: the store and every other replica serve it (``read_output``); None: only the
+    #: replica running the job can answer for it
+    output_file: Optional[str] = None
+
+    def read_output(self, ctx: TaskContext, cursor: str,
+                    complete: bool) -> Tuple[Sequence[Dict[str, Any]], str, Optional[bool]]:
+        """(responses, next cursor, whether more lie past it) from ``output_file`` in
+        ``ctx.workdir``, read exactly as ``get`` reads it; ``complete``: nothing more will
+        be written. Needed with ``output_file``."""
+        raise NotImplementedError
 
     def check_spec(self, spec: Dict[str, Any]) -> None:
         """Refuse (raise ``Unprocessable``, naming the field) a spec that fits

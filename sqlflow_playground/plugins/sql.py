@@ -467,11 +467,17 @@ class SqlPlugin(TaskPlugin):
                          ).start()
         return {"statements": len(statements)}
 
+    output_file = "responses.jsonl"
+
+    def read_output(self, ctx: TaskContext, cursor: str, complete: bool):
+        log = ResponseLog(os.path.join(ctx.workdir, self.output_file))
+        responses, next_cursor = log.read(cursor, ctx.max_bytes)
+        return responses, next_cursor, log.more
+
     def get(self, ctx: TaskContext, meta: Dict[str, Any], cursor: str) -> TaskState:
         # Status first: once it is terminal, every response is already on disk.
         final = _read_status(ctx.workdir) or {"status": RUNNING}
-        responses, next_cursor = ResponseLog(
-            os.path.join(ctx.workdir, "responses.jsonl")).read(cursor, ctx.max_bytes)
+        responses, next_cursor, _ = self.read_output(ctx, cursor, False)
         return TaskState(final["status"], final.get("message", ""), responses,
                          cursor=next_cursor, outputs=final.get("outputs") or {})
 
