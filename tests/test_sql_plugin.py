@@ -14,6 +14,7 @@ import pytest
 from conftest import admin_connect
 from sqlflow_playground.errors import Unprocessable
 from sqlflow_playground.plugins.base import TaskContext, is_terminal
+from sqlflow_playground.plugins.output import skipped
 from sqlflow_playground.plugins.sql import SqlPlugin, json_safe
 from sqlflow_playground.plugins.sqlsplit import split_statements
 
@@ -36,13 +37,13 @@ def make_ctx(tmp_path, data_source, max_bytes=1 << 20):
                        data_source=data_source, max_bytes=max_bytes)
 
 
-def poll(ctx, timeout=30, on_page=None, page_bytes=None):
+def poll(ctx, meta, timeout=30, on_page=None, page_bytes=None):
     """Follow the cursors until the job is over and nothing is left: (state, responses)."""
     cursor, responses, deadline = "", [], time.monotonic() + timeout
     while time.monotonic() < deadline:
         if page_bytes:
             ctx = dataclasses.replace(ctx, max_bytes=page_bytes())
-        state = plugin.get(ctx, {}, cursor)
+        state = plugin.get(ctx, meta, cursor)
         if on_page:
             on_page(state)
         responses += state.responses
@@ -54,9 +55,15 @@ def poll(ctx, timeout=30, on_page=None, page_bytes=None):
     raise AssertionError(f"job still {state.status} after {timeout}s")
 
 
+def start(ctx, sql):
+    """Create the job; its meta: the statement count and the runner's pid."""
+    meta = plugin.create(ctx, {"sql": sql})
+    assert meta == {"statements": len(split_statements(sql)), "runner_pid": meta["runner_pid"]}
+    return meta
+
+
 def run(ctx, sql, **kw):
-    assert plugin.create(ctx, {"sql": sql}) == {"statements": len(split_statements(sql))}
-    return poll(ctx, **kw)
+    return poll(ctx, start(ctx, sql), **kw)
 
 
 # -- splitter and values -----------------------------------------------------------
@@ -134,10 +141,19 @@ def test_any_paging_of_responses_yields_the_same_list(sqlite_ctx):
     values = ", ".join(f"({i}, '{s}')" for i, s in rows)
     sql = f"CREATE TABLE p (i, s); INSERT INTO p VALUES {values}; SELECT i, s FROM p"
     ctx = sqlite_ctx()
-    _, whole = run(ctx, sql)
+    meta = start(ctx, sql)
+    _, whole = poll(ctx, meta)
     assert whole == affected(0) + affected(300) + result(["i", "s"], rows)
-    for page in (lambda: 64, lambda: random.randint(1, 400)):
-        assert poll(ctx, page_bytes=page)[1] == whole
+    with open(f"{ctx.workdir}/responses.jsonl", "rb") as fh:
+        sizes = [len(line) - 1 for line in fh]  # each response's JSON, without its newline
+    largest = max(sizes)
+    for page in (lambda: largest, lambda: random.randint(largest, largest + 400)):
+        assert poll(ctx, meta, page_bytes=page)[1] == whole
+    # A page smaller than a response: that response comes as a message saying so.
+    small = largest - 1
+    assert poll(ctx, meta, page_bytes=lambda: small)[1] == [
+        skipped(size, small) if size > small else response
+        for size, response in zip(sizes, whole)]
 
 
 def test_no_statement_is_unprocessable(sqlite_ctx):
@@ -149,12 +165,12 @@ def test_no_statement_is_unprocessable(sqlite_ctx):
 def test_cancel_interrupts_a_running_sqlite_query(sqlite_ctx):
     ctx = sqlite_ctx()
     forever = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c"
-    plugin.create(ctx, {"sql": forever})
+    meta = plugin.create(ctx, {"sql": forever})
     time.sleep(0.3)
     started = time.monotonic()
-    plugin.delete(ctx, {})
-    plugin.delete(ctx, {})  # idempotent
-    state, _ = poll(ctx, timeout=5)
+    plugin.delete(ctx, meta)
+    plugin.delete(ctx, meta)  # idempotent
+    state, _ = poll(ctx, meta, timeout=5)
     assert (state.status, state.message) == ("CANCELLED", "cancelled")
     assert time.monotonic() - started < 3
 
@@ -254,18 +270,18 @@ def test_mysql_large_result_streams_in_order(mysql_user, tmp_path):
 def test_mysql_cancel_kills_a_running_query(mysql_user, tmp_path):
     ds, _ = mysql_user()
     ctx = make_ctx(tmp_path, ds)
-    plugin.create(ctx, {"sql": "SELECT 1 AS one; SELECT SLEEP(30); SELECT 'never'"})
+    meta = plugin.create(ctx, {"sql": "SELECT 1 AS one; SELECT SLEEP(30); SELECT 'never'"})
     deadline, first, cursor = time.monotonic() + 5, [], ""
     while EOE not in first and time.monotonic() < deadline:  # statement 1's responses
-        state = plugin.get(ctx, {}, cursor)                  # show while 2 runs
+        state = plugin.get(ctx, meta, cursor)                # show while 2 runs
         first, cursor = first + state.responses, state.cursor
     assert state.status == "RUNNING" and first == result(["one"], [[1]])
     time.sleep(0.3)
     started = time.monotonic()
-    plugin.delete(ctx, {})
-    state, responses = poll(ctx, timeout=10)
+    plugin.delete(ctx, meta)
+    state, responses = poll(ctx, meta, timeout=10)
     assert (state.status, state.message) == ("CANCELLED", "cancelled")
     assert time.monotonic() - started < 5
     assert responses[:len(first)] == first and {"row": ["never"]} not in responses
-    plugin.delete(ctx, {})  # idempotent once over
-    assert plugin.get(ctx, {}, "").status == "CANCELLED"
+    plugin.delete(ctx, meta)  # idempotent once over
+    assert plugin.get(ctx, meta, "").status == "CANCELLED"
