@@ -41,6 +41,9 @@ class Config:
         (), "comma-separated certificate identities that may act for any user_id")
     replica: str = _opt(
         "", "this server's name among replicas sharing a store (default: the host name)")
+    replica_lease_s: float = _opt(
+        30.0, "a replica that has not renewed its lease in the store for this long is lost: "
+        "the jobs it ran end FAILED, naming it")
     state_dir: str = _opt("sqlflow_playground_state", "directory for the store and sqlite databases")
     db_url: Optional[str] = _opt(
         None, "SQLAlchemy URL of the state store (default: sqlite file in --state_dir)")

@@ -6,6 +6,7 @@ tokens, ownership, quotas, long-polling and the reaper of abandoned and expired 
 """
 import asyncio
 import collections
+import contextlib
 import functools
 import inspect
 import json
@@ -13,6 +14,7 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -25,7 +27,9 @@ from .longpoll import LongPolls
 from .plugins.base import (CANCELLED, FAILED, PENDING, RUNNING, STATUSES, SUCCEEDED, UNKNOWN,
                            TaskContext, TaskState, is_terminal)
 from .plugins.output import JsonLines
+from .plugins.output import parse_cursor
 from .plugins.registry import PluginRegistry
+from .sharing import SHIP_INTERVAL_S, forget_mirror, ship_new_output, sync_mirror
 from .store import READY, Store
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,7 @@ class JobSettings:
     max_output_bytes: int = 256 << 20  # per job, on disk (0: no limit)
     max_output_bytes_per_user: int = 1 << 30  # all of one user's kept jobs (0: no limit)
     replica: str = ""  # this server's name among replicas sharing the store
+    replica_lease_s: float = 30.0  # a replica silent this long is lost, and its jobs end
 
 
 MAX_FETCH_TIMEOUT_S = 7 * 86400.0
@@ -147,6 +152,14 @@ class JobService:
         self._running_here: Dict[str, Dict[str, Any]] = {}
         # user -> {token: bytes on disk} of their ended jobs: see _output_bytes
         self._ended_bytes: Dict[str, Dict[str, int]] = {}
+        # token -> bytes shipped to the store, of the jobs this replica runs whose output
+        # every replica can serve (sharing.py), until all of it is shipped
+        self._shipping: Dict[str, int] = {}
+        self._ship_lock = threading.Lock()  # one shipper of a job's bytes at a time
+        # tokens of jobs whose work is being stopped here: while it dies, what the plugin
+        # sees (a runner gone, no status yet) is not the job's end, so the tick waits
+        self._stopping: set = set()
+        self.boot = secrets.token_hex(8)  # this life of this replica, in its lease
 
     # -- requests ------------------------------------------------------------
 
@@ -164,7 +177,7 @@ class JobService:
             if user is None or user["status"] != READY:
                 raise Conflict(f"user {user_id!r} has no database yet; call /api/create_db first")
             data_source = user["data_source"]
-        token = secrets.token_urlsafe(24)  # 192 random bits
+        token = new_token()
         ctx = TaskContext(token=token, user_id=user_id, workdir=self._workdir(token),
                           data_source=data_source, page_bytes=self.settings.fetch_page_bytes,
                           max_output_bytes=self.settings.max_output_bytes)
@@ -195,6 +208,8 @@ class JobService:
                                   finished_at=self.clock())
             return {"token": token, "status": FAILED}
         await self.runner.run(self.store.update_job, token, meta=meta)
+        if _shippable(plugin):
+            self._shipping[token] = 0
         job = await self.runner.run(self.store.get_job, token)
         job, _ = await self._observe(job, "", 0)  # PENDING until the plugin says RUNNING
         self._keep(job)
@@ -241,7 +256,8 @@ class JobService:
             if news is not None:
                 seen = news
                 job, state = await self._settle(job, seen, since)
-        eof = is_terminal(state.status) and (state.more is False or not state.responses)
+        eof = is_terminal(state.status) and state.more is not True \
+            and (state.more is False or not state.responses)
         if eof and seen is not None and is_terminal(seen.status):
             self._remember_end(job, state.cursor)
         return {**self._summary(job), "next": state.cursor, "eof": eof}, state
@@ -310,8 +326,142 @@ class JobService:
         return done
 
     async def close(self) -> None:
-        """At shutdown: waiting fetches answer now rather than hold the server up."""
+        """At shutdown: waiting fetches answer now rather than hold the server up; the
+        jobs this replica runs are ended, FAILED with a message saying why (no other replica
+        can take over work that runs inside this one), their output shipped; the lease
+        is given up."""
         await self._polls.close()
+        running = [job for job in self._running_here.values() if job["meta"] is not None]
+        if running:
+            message = (f"the server running this job (replica {self.settings.replica!r}) "
+                       "stopped; its output up to then is kept")
+            await asyncio.gather(*(self._each(job, self._stop_here(job, message))
+                                   for job in running))
+        try:
+            await self.runner.run(self.store.drop_lease, self.settings.replica, self.boot)
+        except Exception:
+            log.exception("giving up this replica's lease failed; it expires by itself")
+
+    async def _stop_here(self, job: Dict[str, Any], message: str) -> None:
+        with self._stopping_work(job["token"]):
+            await self._kill_here(job)
+            await self._finish(job, FAILED, message)
+
+    @contextlib.contextmanager
+    def _stopping_work(self, token: str):
+        """While a job's work is stopped here and its end recorded, the ship tick leaves
+        it alone: a runner gone before its status is written is not the job's end."""
+        self._stopping.add(token)
+        try:
+            yield
+        finally:
+            self._stopping.discard(token)
+
+    async def _kill_here(self, job: Dict[str, Any]) -> None:
+        """Stop the work of a job that runs in this replica (plugin.delete: idempotent)."""
+        plugin = self.registry.get(job["task_type"], job["version"])
+        user = await self.runner.run(self.store.get_user, job["user_id"])
+        ctx = self._context(job, data_source=user["data_source"] if user else None)
+        await self.registry.call(plugin.delete, ctx, job["meta"])
+
+    # -- replicas ------------------------------------------------------------------
+
+    async def renew_lease(self) -> None:
+        """Tell the other replicas this one is alive (every RENEW_INTERVAL_S)."""
+        await self.runner.run(self.store.renew_lease, self.settings.replica, self.boot,
+                              self.clock() + self.settings.replica_lease_s)
+
+    async def ship(self) -> None:
+        """Every SHIP_INTERVAL_S: send the new output of the jobs this replica runs to the
+        store, notice those that ended (and record them, with all their output), and act
+        on verdicts other replicas wrote (a cancel: the work is stopped here)."""
+        if not self._shipping:
+            return
+        tokens = list(self._shipping)
+        statuses, seen = await self.runner.run(self._ship_some, tokens)
+        for token in tokens:
+            if token not in self._shipping:
+                continue  # concluded meanwhile
+            status = statuses.get(token)
+            try:
+                if status is None:  # purged
+                    self._shipping.pop(token, None)
+                elif is_terminal(status):
+                    await self._conclude(token)
+                elif token in seen and token in self._running_here \
+                        and token not in self._stopping:
+                    await self._settle(self._running_here[token], seen[token], "")
+            except Exception:
+                log.exception("shipping job %s… failed; will retry", token[:8])
+
+    def _ship_some(self, tokens: List[str]):
+        """Blocking: ship what each job wrote since the last tick; the store's status of
+        each; and what each plugin sees of its job (status only)."""
+        seen = {}
+        for token in tokens:
+            job = self._running_here.get(token)
+            if job is None:
+                continue
+            plugin = self.registry.get(job["task_type"], job["version"])
+            with self._ship_lock:
+                if token in self._shipping:
+                    self._shipping[token] = ship_new_output(
+                        self.store, token,
+                        os.path.join(self._workdir(token), plugin.output_file),
+                        self._shipping[token])
+            if not inspect.iscoroutinefunction(plugin.get):
+                seen[token] = plugin.get(self._context(job), job["meta"], "")
+        return self.store.job_statuses(tokens), seen
+
+    def _ship_rest(self, job: Dict[str, Any]) -> int:
+        """Blocking: ship all of the job's output not shipped yet; the output's size."""
+        plugin = self.registry.get(job["task_type"], job["version"])
+        token = job["token"]
+        with self._ship_lock:
+            start = self._shipping.get(token)
+            if start is None:  # e.g. at recover(), after a restart
+                start = self.store.shipped_size(token)
+            size = ship_new_output(self.store, token,
+                                   os.path.join(self._workdir(token), plugin.output_file),
+                                   start, limit=None)
+            if token in self._shipping:
+                self._shipping[token] = size
+            return size
+
+    async def _conclude(self, token: str) -> None:
+        """A job this replica runs was ended in the store (by another replica, or the
+        reaper): stop its work here, ship the rest of its output, say all of it is there."""
+        job = await self.runner.run(self.store.get_job, token)
+        if job is not None and job["meta"] is not None:
+            with self._stopping_work(token):
+                await self._kill_here(job)
+            size = await self.runner.run(self._ship_rest, job)
+            await self.runner.run(self.store.update_job, token, output_size=size)
+            job = {**job, "output_size": size}
+        self._shipping.pop(token, None)
+        self._running_here.pop(token, None)
+        self._keep(job)
+
+    async def end_lost_jobs(self) -> int:
+        """End the jobs of replicas whose lease ran out: FAILED naming the replica. Their
+        output up to then (what was shipped) stays fetchable from every replica."""
+        kinds = [(p.task_type, p.version) for p in self.registry.plugins() if p.runs_locally]
+        if not kinds:
+            return 0
+        now, ended = self.clock(), 0
+        for job in await self.runner.run(self.store.jobs_of_lost_replicas, now, kinds):
+            if job["replica"] == self.settings.replica:
+                continue  # ours: recover() and the shipping tick answer for them
+            size = await self.runner.run(self.store.shipped_size, job["token"])
+            message = (f"the server running this job (replica {job['replica']!r}) was lost: "
+                       f"no sign of life for {self.settings.replica_lease_s:g}s; its output "
+                       "up to then is kept")
+            if await self.runner.run(self.store.update_job, job["token"], True, status=FAILED,
+                                     message=message, finished_at=now, output_size=size):
+                log.warning("job %s… ended: replica %s was lost", job["token"][:8],
+                            job["replica"])
+                ended += 1
+        return ended
 
     async def flush_fetches(self) -> None:
         if self._fetched:
@@ -398,6 +548,10 @@ class JobService:
         if job["meta"] is None:
             return None
         plugin = self.registry.get(job["task_type"], job["version"])
+        if plugin.runs_locally and job["replica"] != self.settings.replica \
+                and _shippable(plugin):
+            return Probe(functools.partial(self._remote_page, job, plugin, cursor, max_bytes),
+                         True)
         self._require_here(plugin, job)
         ctx = self._context(job, max_bytes=max_bytes)
         if inspect.iscoroutinefunction(plugin.get):
@@ -405,6 +559,35 @@ class JobService:
             return Probe(functools.partial(get, ctx, job["meta"], cursor), False)
         get = functools.partial(_page, plugin.get) if max_bytes > 0 else plugin.get
         return Probe(functools.partial(get, ctx, job["meta"], cursor), True)
+
+    def _remote_page(self, job: Dict[str, Any], plugin, cursor: str,
+                     max_bytes: int) -> TaskState:
+        """Blocking: a page of a job another replica runs, from the output it shipped
+        (mirrored here, read by the plugin's own reader), its status from the store."""
+        row = self.store.get_job(job["token"]) or job
+        state = TaskState(status=row["status"], message=row["message"], cursor=cursor,
+                          outputs=row["outputs"] or {})
+        state.from_store = row
+        if max_bytes <= 0:
+            return state
+        offset, final = parse_cursor(cursor), row.get("output_size")
+        shipped = final if final is not None else self.store.shipped_size(row["token"])
+        if offset > shipped:
+            if final is not None:
+                raise BadRequest(f"invalid cursor {cursor!r}: beyond the end of the output")
+            # A cursor the running replica gave: its bytes are not all shipped yet.
+            state.more = True if is_terminal(row["status"]) else None
+            state.encoded = encode_responses([])
+            return state
+        path = os.path.join(self._workdir(row["token"]), plugin.output_file)
+        size = sync_mirror(self.store, row["token"], path, shipped, offset + max_bytes + 1)
+        complete = final is not None and size >= final
+        responses, state.cursor, more = plugin.read_output(
+            self._context(row, max_bytes=max_bytes), cursor, complete)
+        # Not all shipped yet: an ended job has more to come; a running one may.
+        state.more = more if complete else (True if is_terminal(row["status"]) else None)
+        state.responses, state.encoded = responses, encode_responses(responses)
+        return state
 
     def _load(self, viewer: Identity, token: str, cursor: str, max_bytes: int):
         """Blocking: the job (checked visible to ``viewer``), the probe of its plugin and,
@@ -441,6 +624,9 @@ class JobService:
         """Reconcile what the plugin saw with the store: the job and the state to answer."""
         if seen is None:
             return job, TaskState(status=job["status"], message=job["message"], cursor=cursor)
+        from_store = getattr(seen, "from_store", None)
+        if from_store is not None:  # another replica's job: the store is the truth
+            return from_store, seen
         state = TaskState(**vars(seen))
         if is_terminal(job["status"]):
             # The service's verdict (cancelled, failed at restart) stands; output still flows.
@@ -490,7 +676,12 @@ class JobService:
                 values["started_at"] = values["finished_at"]
         elif state.status == RUNNING and job["started_at"] is None:
             values["started_at"] = self.clock()
+        shipping = is_terminal(state.status) and self._ships_here(job)
+        if shipping:  # all the output in the store before the row says the job ended
+            values["output_size"] = await self.runner.run(self._ship_rest, job)
         if await self.runner.run(self.store.update_job, job["token"], True, **values):
+            if shipping:
+                self._shipping.pop(job["token"], None)
             job = {**job, **values}
         else:  # someone else did
             job = await self.runner.run(self.store.get_job, job["token"])
@@ -512,6 +703,17 @@ class JobService:
         """
         if is_terminal(job["status"]):
             return job
+        plugin = self.registry.get(job["task_type"], job["version"])
+        if plugin.runs_locally and job["replica"] != self.settings.replica \
+                and _shippable(plugin):
+            # Another replica runs it: the store's verdict reaches it on its next ship tick.
+            if not await self.runner.run(self.store.update_job, job["token"], True,
+                                         status=CANCELLED, message=reason,
+                                         finished_at=self.clock()):
+                return await self.runner.run(self.store.get_job, job["token"])
+            log.info("job %s… cancelled on replica %s's behalf: %s", job["token"][:8],
+                     job["replica"], reason)
+            return await self.runner.run(self.store.get_job, job["token"])
         if claim_first:
             self._running_here.pop(job["token"], None)
             won = await self.runner.run(self.store.update_job, job["token"], True,
@@ -520,12 +722,12 @@ class JobService:
             if not won:  # another replica, or the job itself, got there first
                 return await self.runner.run(self.store.get_job, job["token"])
         if job["meta"] is not None:
-            plugin = self.registry.get(job["task_type"], job["version"])
             self._require_here(plugin, job)
-            user = await self.runner.run(self.store.get_user, job["user_id"])
-            ctx = self._context(job, data_source=user["data_source"] if user else None)
-            await self.registry.call(plugin.delete, ctx, job["meta"])
-        if not claim_first:
+            with self._stopping_work(job["token"]):
+                await self._kill_here(job)
+                if not claim_first:
+                    job = await self._finish(job, CANCELLED, reason)
+        elif not claim_first:
             job = await self._finish(job, CANCELLED, reason)
         log.info("job %s… cancelled: %s", job["token"][:8], reason)
         return job
@@ -544,6 +746,16 @@ class JobService:
         else:
             self._running_here.pop(job["token"], None)
 
+    def _ships_here(self, job: Dict[str, Any]) -> bool:
+        """Whether this replica runs ``job`` and ships its output (not all shipped yet)."""
+        if job["replica"] != self.settings.replica or job.get("output_size") is not None \
+                or job["meta"] is None:
+            return False
+        try:
+            return _shippable(self.registry.get(job["task_type"], job["version"]))
+        except NotFound:
+            return False
+
     def _is_here(self, job: Dict[str, Any]) -> bool:
         try:
             plugin = self.registry.get(job["task_type"], job["version"])
@@ -561,6 +773,7 @@ class JobService:
         self._ended.pop(job["token"], None)
         await self.runner.run(self.store.delete_job, job["token"])
         await self.runner.run(shutil.rmtree, self._workdir(job["token"]), True)
+        forget_mirror(job["token"])
 
     def _remove_orphan_dirs(self) -> int:
         """Blocking: delete this server's job directories whose job has no row any more.
@@ -616,6 +829,20 @@ def _dir_bytes(path: str) -> Tuple[int, bool]:
     except FileNotFoundError:
         pass
     return total, ended
+
+
+def new_token() -> str:
+    """192 random bits, URL-safe, never starting with '-' (a command line would take the
+    token for an option: ``client fetch -Xq…``)."""
+    while True:
+        token = secrets.token_urlsafe(24)
+        if not token.startswith("-"):
+            return token
+
+
+def _shippable(plugin) -> bool:
+    """Whether the plugin's jobs run in one replica and can be served by every replica."""
+    return plugin.runs_locally and plugin.output_file is not None
 
 
 class Probe(NamedTuple):

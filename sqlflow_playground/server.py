@@ -29,6 +29,7 @@ from .playground import PlaygroundService
 from .plugins.registry import PluginRegistry, builtin_plugins, discovered_plugins
 from .provisioners import Provisioner, make_provisioner
 from .statedir import secure_state_dir
+from .sharing import RENEW_INTERVAL_S, SHIP_INTERVAL_S
 from .store import Store
 from .tls import make_server_context
 
@@ -96,7 +97,8 @@ class Gateway:
             max_jobs=config.max_jobs, fetch_page_bytes=config.fetch_page_bytes,
             max_output_bytes=config.max_output_bytes,
             max_output_bytes_per_user=config.max_output_bytes_per_user,
-            replica=config.replica or socket.gethostname()))
+            replica=config.replica or socket.gethostname(),
+            replica_lease_s=config.replica_lease_s))
         self.reconciler = None
         if self.cluster is not None:
             from .reconcile import ClusterReconciler
@@ -127,6 +129,7 @@ class Gateway:
                 await self.runner.run(self.cluster.start)
             except Exception as e:
                 raise Unavailable(f"cannot reach the Kubernetes API: {e}") from None
+        await self.jobs.renew_lease()  # before anything: other replicas must see us alive
         await self.jobs.recover()
         rolled_back = await self.playground.recover()
         if rolled_back:
@@ -156,6 +159,8 @@ class Gateway:
         self._periodic = [
             PeriodicCallback(self._flush, self.config.heartbeat_flush_s * 1000),
             PeriodicCallback(self._reap, self.config.reap_interval_s * 1000),
+            PeriodicCallback(self._ship, SHIP_INTERVAL_S * 1000),
+            PeriodicCallback(self._keep_alive, RENEW_INTERVAL_S * 1000),
         ]
         for p in self._periodic:
             p.start()
@@ -184,6 +189,23 @@ class Gateway:
             await self.jobs.flush_fetches()
         except Exception:
             log.exception("writing heart beats to the store failed; will retry")
+
+    async def _ship(self) -> None:
+        try:
+            await self.jobs.ship()
+        except Exception:
+            log.exception("shipping job output to the store failed; will retry")
+
+    async def _keep_alive(self) -> None:
+        """Renew this replica's lease, then end the jobs of replicas whose lease ran out."""
+        try:
+            await self.jobs.renew_lease()
+            ended = await self.jobs.end_lost_jobs()
+        except Exception:
+            log.exception("renewing this replica's lease failed; will retry")
+            return
+        if ended:
+            self.metrics.count_reaper_actions("ended_lost_replica_job", ended)
 
     async def _reap(self) -> None:
         try:

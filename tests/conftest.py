@@ -8,8 +8,10 @@ import os
 import re
 import ssl
 import subprocess
+import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, Optional, Tuple
@@ -267,3 +269,54 @@ def postgres():
     finally:
         engine.dispose()
     return POSTGRES_URL
+
+
+@pytest.fixture
+def store_url(mariadb):
+    """A fresh MariaDB database for a state store shared by replicas; dropped after."""
+    name = "sfp_store_" + uuid.uuid4().hex[:10]
+    with admin_connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    yield f"mysql://root@127.0.0.1:3306/{name}"
+    with admin_connect() as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def _nice(increment: int):
+    def apply() -> None:
+        try:
+            os.nice(increment)
+        except OSError:  # lowering it needs root; then the process runs as it is
+            pass
+    return apply
+
+
+def start_server_process(certs, state_dir, *flags, nice: int = 0):
+    """A real server process over mutual TLS on 127.0.0.1; returns (process, port). Its
+    output is read until it serves; the caller stops (or kills) it. ``nice``: its
+    scheduling priority (all its threads), where allowed."""
+    args = [sys.executable, "-m", "sqlflow_playground", "--port=0", "--host=127.0.0.1",
+            f"--ca_crt={certs.ca}", f"--server_crt={certs.dir / 'server' / 'server.crt'}",
+            f"--server_key={certs.dir / 'server' / 'server.key'}",
+            f"--state_dir={state_dir}", *flags]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=_nice(nice) if nice else None)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "serving https on" in line:
+            # Keep draining its output, so a chatty server never blocks on a full pipe.
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return proc, int(line.rsplit(":", 1)[1].split()[0])
+    raise AssertionError("the server did not start:\n" + "".join(seen))
+
+
+def stop_server_process(proc) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -1,10 +1,7 @@
 """kill -9 while provisioning (issue 10): nothing stays stuck in `provisioning`, a repeated
 create_db works, and nothing is left on the MySQL server that the store cannot explain.
 Against the real MariaDB (127.0.0.1:3306); under CI=true these tests fail without it."""
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -12,28 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pymysql
 import pytest
 
-from conftest import DATA_SOURCE_RE, admin_connect, client_context, request, wait_until
+from conftest import (DATA_SOURCE_RE, admin_connect, client_context, request,
+                      start_server_process, stop_server_process, wait_until)
 from sqlflow_playground.store import Store
 
 USERS = 60
 
 
 def start_server(certs, state_dir, mariadb):
-    """A real server process (mutual TLS, MySQL provisioner, replica r1); returns
-    (process, port)."""
-    args = [sys.executable, "-m", "sqlflow_playground", "--port=0", "--host=127.0.0.1",
-            f"--ca_crt={certs.ca}", f"--server_crt={certs.dir / 'server' / 'server.crt'}",
-            f"--server_key={certs.dir / 'server' / 'server.key'}",
-            f"--state_dir={state_dir}", "--replica=r1", "--provisioner=mysql",
-            f"--mysql_dsn={mariadb}", "--executor_threads=32"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "serving https on" in line:
-            return proc, int(line.rsplit(":", 1)[1].split()[0])
-    raise AssertionError("the server did not start:\n" + "".join(seen))
+    """A real server process (MySQL provisioner, replica r1); returns (process, port)."""
+    return start_server_process(certs, state_dir, "--replica=r1", "--provisioner=mysql",
+                                f"--mysql_dsn={mariadb}", "--executor_threads=32")
 
 
 def tenant_objects(prefix):
@@ -132,9 +118,7 @@ def test_kill_9_during_60_concurrent_create_db_leaves_nothing_stuck_or_orphaned(
         assert not set(user_ids) & {u["user_id"] for u in store.list_users()}
     finally:
         store.close()
-        if proc.poll() is None:
-            proc.terminate()
-            proc.communicate(timeout=15)
+        stop_server_process(proc)
         _drop_tenant(prefix)  # whatever a failed run left
 
 

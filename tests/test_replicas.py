@@ -1,24 +1,14 @@
 """Two replicas sharing one store (MariaDB) and one cluster, as in production."""
+import os
 import sys
 import threading
 import time
-import uuid
 
 import pytest
 
-from conftest import admin_connect, client_context, request
+from conftest import client_context, request, wait_until
 
 PY = sys.executable
-
-
-@pytest.fixture
-def store_url(mariadb):
-    name = "sfp_store_" + uuid.uuid4().hex[:10]
-    with admin_connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}`")
-    yield f"mysql://root@127.0.0.1:3306/{name}"
-    with admin_connect() as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
 @pytest.fixture
@@ -85,17 +75,32 @@ def test_reapers_on_both_replicas_cancel_an_abandoned_job_once(replicas, sim, ce
     assert body["status"] == "CANCELLED" and "not fetched" in body["message"]
 
 
-def test_a_local_job_is_followed_only_by_the_replica_that_runs_it(replicas, certs):
+def test_a_local_job_is_followed_and_cancelled_through_the_other_replica(replicas, certs):
+    """Any replica answers (issue 10): the job runs in replica0, its output and status
+    reach replica1 through the store, and a cancel through replica1 stops it in replica0."""
     a, b = replicas
     alice = client_context(certs.dir, "alice")
     token = request(a.port, alice, "POST", "/api/jobs", {"task_type": "process", "spec": {
-        "command": [PY, "-c", "import time; time.sleep(60)"]}}).body["token"]
-    elsewhere = request(b.port, alice, "GET", f"/api/jobs/{token}")
-    assert elsewhere.status == 503 and "replica0" in elsewhere.body["error"]["message"]
+        "command": [PY, "-c", "import os, time; print(os.getpid(), flush=True); "
+                              "time.sleep(60)"]}}).body["token"]
+    seen = []
+    deadline = time.monotonic() + 30
+    while not seen and time.monotonic() < deadline:
+        elsewhere = request(b.port, alice, "GET", f"/api/jobs/{token}?wait=5")
+        assert elsewhere.status == 200, elsewhere.body
+        seen = elsewhere.body["responses"]
+    assert elsewhere.body["status"] == "RUNNING" and elsewhere.body["eof"] is False
+    pid = int(seen[0]["message"])
     b.call(b.gateway.jobs.recover())  # a restart of replica1 leaves replica0's job alone
     b.call(b.gateway.jobs.reap())
     assert request(a.port, alice, "GET", f"/api/jobs/{token}").body["status"] == "RUNNING"
-    assert request(a.port, alice, "DELETE", f"/api/jobs/{token}").body["status"] == "CANCELLED"
+    assert request(b.port, alice, "DELETE", f"/api/jobs/{token}").body["status"] == "CANCELLED"
+    assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 20)  # stopped in replica0
+    for server in (a, b):
+        body = request(server.port, alice, "GET", f"/api/jobs/{token}?wait=5").body
+        assert body["status"] == "CANCELLED" and body["message"] == "cancelled by the user"
+    assert wait_until(lambda: request(b.port, alice, "GET", f"/api/jobs/{token}?since="
+                                      f"{elsewhere.body['next']}").body["eof"], 20)
 
 
 def test_a_local_job_on_one_replica_does_not_stop_its_owner_submitting_on_the_other(

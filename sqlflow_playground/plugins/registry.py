@@ -55,6 +55,9 @@ class PluginRegistry:
             self._unknown(f"{task_type}/{version}")
         return plugin
 
+    def plugins(self) -> List[TaskPlugin]:
+        return list(self._plugins.values())
+
     def latest_version(self, task_type: str) -> str:
         versions = sorted(v for t, v in self._plugins if t == task_type)
         if not versions:
