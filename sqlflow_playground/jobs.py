@@ -29,7 +29,8 @@ from .plugins.base import (CANCELLED, FAILED, PENDING, RUNNING, STATUSES, SUCCEE
 from .plugins.output import JsonLines
 from .plugins.output import parse_cursor
 from .plugins.registry import PluginRegistry
-from .sharing import SHIP_INTERVAL_S, forget_mirror, ship_new_output, sync_mirror
+from .sharing import (SHIP_TICK_BYTES, SHIP_TICK_TOTAL_BYTES, forget_mirror, new_output,
+                      ship_all_output, sync_mirror)
 from .store import READY, Store
 
 log = logging.getLogger(__name__)
@@ -397,20 +398,23 @@ class JobService:
     def _ship_some(self, tokens: List[str]):
         """Blocking: ship what each job wrote since the last tick; the store's status of
         each; and what each plugin sees of its job (status only)."""
-        seen = {}
-        for token in tokens:
-            job = self._running_here.get(token)
-            if job is None:
-                continue
-            plugin = self.registry.get(job["task_type"], job["version"])
-            with self._ship_lock:
-                if token in self._shipping:
-                    self._shipping[token] = ship_new_output(
-                        self.store, token,
-                        os.path.join(self._workdir(token), plugin.output_file),
-                        self._shipping[token])
-            if not inspect.iscoroutinefunction(plugin.get):
-                seen[token] = plugin.get(self._context(job), job["meta"], "")
+        seen: Dict[str, TaskState] = {}
+        with self._ship_lock:  # all new output in one transaction, bounded in size
+            chunks, budget = [], SHIP_TICK_TOTAL_BYTES
+            for token in tokens:
+                job = self._running_here.get(token)
+                if job is None or token not in self._shipping or budget <= 0:
+                    continue
+                plugin = self.registry.get(job["task_type"], job["version"])
+                if not inspect.iscoroutinefunction(plugin.get):
+                    seen[token] = plugin.get(self._context(job), job["meta"], "")
+                new = new_output(os.path.join(self._workdir(token), plugin.output_file),
+                                 self._shipping[token], min(SHIP_TICK_BYTES, budget))
+                chunks += [(token, offset, data) for offset, data in new]
+                budget -= sum(len(data) for _, data in new)
+            self.store.append_output(chunks)
+            for token, offset, data in chunks:
+                self._shipping[token] = offset + len(data)
         return self.store.job_statuses(tokens), seen
 
     def _ship_rest(self, job: Dict[str, Any]) -> int:
@@ -421,9 +425,9 @@ class JobService:
             start = self._shipping.get(token)
             if start is None:  # e.g. at recover(), after a restart
                 start = self.store.shipped_size(token)
-            size = ship_new_output(self.store, token,
+            size = ship_all_output(self.store, token,
                                    os.path.join(self._workdir(token), plugin.output_file),
-                                   start, limit=None)
+                                   start)
             if token in self._shipping:
                 self._shipping[token] = size
             return size

@@ -14,43 +14,46 @@ These functions are blocking; the job service calls them through its executor.
 """
 import os
 import threading
-from typing import Dict, Optional
+from typing import Dict, List, Tuple
 
 from .store import Store
 
 SHIP_INTERVAL_S = 0.25  # how often a replica ships the new output of the jobs it runs
 SHIP_CHUNK_BYTES = 256 << 10  # one row of job_output at most
 SHIP_TICK_BYTES = 4 << 20  # per job and tick: a job printing faster catches up next tick
+SHIP_TICK_TOTAL_BYTES = 16 << 20  # all jobs in one tick, in one transaction (memory bound)
 MIRROR_STEP_BYTES = 1 << 20  # a mirror catches up in steps of this size (memory bound)
 RENEW_INTERVAL_S = 5.0
 
 
-def ship_new_output(store: Store, token: str, path: str, shipped: int,
-                    limit: Optional[int] = SHIP_TICK_BYTES) -> int:
-    """Send the bytes of ``path`` past ``shipped`` to the store (at most ``limit``;
-    None: all of them); returns the new shipped size."""
+def new_output(path: str, shipped: int, limit: int) -> List[Tuple[int, bytes]]:
+    """(offset, bytes) chunks of ``path`` past ``shipped``, ``limit`` bytes at most."""
+    chunks: List[Tuple[int, bytes]] = []
     try:
         fh = open(path, "rb")
     except FileNotFoundError:
-        return shipped
+        return chunks
     with fh:
         fh.seek(shipped)
-        remaining = None if limit is None else limit
-        while remaining is None or remaining > 0:
-            step = SHIP_CHUNK_BYTES if remaining is None else min(SHIP_CHUNK_BYTES, remaining)
-            chunks = []
-            for _ in range(16):  # a few chunks per transaction
-                data = fh.read(step)
-                if not data:
-                    break
-                chunks.append((token, shipped, data))
-                shipped += len(data)
-            if not chunks:
+        while limit > 0:
+            data = fh.read(min(SHIP_CHUNK_BYTES, limit))
+            if not data:
                 break
-            store.append_output(chunks)
-            if remaining is not None:
-                remaining -= sum(len(c[2]) for c in chunks)
-    return shipped
+            chunks.append((shipped, data))
+            shipped += len(data)
+            limit -= len(data)
+    return chunks
+
+
+def ship_all_output(store: Store, token: str, path: str, shipped: int) -> int:
+    """Send every byte of ``path`` past ``shipped`` to the store, a bounded step per
+    transaction; returns the size shipped in all."""
+    while True:
+        chunks = new_output(path, shipped, SHIP_TICK_BYTES)
+        if not chunks:
+            return shipped
+        store.append_output([(token, offset, data) for offset, data in chunks])
+        shipped = chunks[-1][0] + len(chunks[-1][1])
 
 
 _mirror_locks: Dict[str, threading.Lock] = {}
