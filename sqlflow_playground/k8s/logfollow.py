@@ -74,8 +74,9 @@ class LogFollower:
     """
 
     def __init__(self, registry: "LogFollowers", namespace: str, name: str,
-                 since: Optional[str]):
+                 since: Optional[str], container: Optional[str] = None):
         self.registry, self.namespace, self.name = registry, namespace, name
+        self.container = container  # the one container of the pod whose log is followed
         self.since = since  # the first stream's sinceTime (a whole second), None: the start
         self._lock = registry.lock
         self._places: List[Place] = []
@@ -169,7 +170,8 @@ class LogFollower:
         """One stream, from the second of the last line held; (lines added, ended cleanly).
         ``ended``: the pod had ended when it was opened, so a clean end is the log's end."""
         response = open_log_stream(self.registry.api(), self.namespace, self.name,
-                                   self._last_stamp or self.since, READ_TIMEOUT_S)
+                                   self._last_stamp or self.since, READ_TIMEOUT_S,
+                                   self.container)
         self._response = response
         added, rank_of, pending, clean = 0, [None, 0], b"", False
         try:
@@ -275,9 +277,10 @@ class LogFollowers:
     def get(self, namespace: str, name: str) -> Optional[LogFollower]:
         return self._followers.get((namespace, name))
 
-    def follow(self, namespace: str, name: str, since: Optional[str]) -> None:
-        """Start following the pod's log from ``since`` (a whole second; None: from its
-        start), unless it is followed already."""
+    def follow(self, namespace: str, name: str, since: Optional[str],
+               container: Optional[str] = None) -> None:
+        """Start following the log of the pod's ``container`` from ``since`` (a whole
+        second; None: from its start), unless the pod is followed already."""
         key = (namespace, name)
         if key in self._followers or self._closed.is_set():
             return
@@ -289,7 +292,8 @@ class LogFollowers:
             while len(self._followers) >= self.max_followers:
                 victims.append(self._drop(min(self._followers.values(),
                                               key=lambda f: f.last_read)))
-            follower = self._followers[key] = LogFollower(self, namespace, name, since)
+            follower = self._followers[key] = LogFollower(self, namespace, name, since,
+                                                          container)
             follower.thread.start()
             if self._janitor is None:
                 self._janitor = threading.Thread(target=self._sweep, name="logfollow-janitor",
@@ -385,24 +389,28 @@ class PodLogs:
         self.followers = LogFollowers(make_stream_api, lookup, **limits)
 
     def read(self, namespace: str, name: str, cursor: Optional[Cursor], max_bytes: int,
-             ended: bool, follow: bool = True, line_overhead: int = 0) -> Optional[Page]:
-        """The lines after ``cursor``, about ``max_bytes`` of them (each counted with
-        ``line_overhead`` more bytes); None when there is no log to read (not started, or
-        deleted). ``ended``: the pod has terminated, so only a final log will do.
-        ``follow``: start following a running pod's log if it is not followed yet."""
+             ended: bool, follow: bool = True, line_overhead: int = 0,
+             container: Optional[str] = None) -> Optional[Page]:
+        """The lines of ``container``'s log after ``cursor`` (None: the pod's only
+        container), about ``max_bytes`` of them (each counted with ``line_overhead`` more
+        bytes); None when there is no log to read (not started, or deleted). ``ended``: the
+        pod has terminated, so only a final log will do. ``follow``: start following a
+        running pod's log if it is not followed yet."""
         follower = self.followers.get(namespace, name)
+        if follower is not None and follower.container != container:
+            follower = None  # another container's stream: not this log
         if follower is not None:
             page = follower.read(cursor, max_bytes, line_overhead)
             if page is not None and (page.complete or not ended):
                 return page
-        got = self.reader.page(namespace, name, cursor, max_bytes, ended)
+        got = self.reader.page(namespace, name, cursor, max_bytes, ended, container)
         if got is None:
             return None
         text, whole = got
         lines, last, cut = new_lines(text, cursor, max_bytes, ended and whole, line_overhead)
         if follow and not ended and follower is None:
             try:
-                self.followers.follow(namespace, name, start_at(cursor, whole))
+                self.followers.follow(namespace, name, start_at(cursor, whole), container)
             except Exception as e:  # this fetch is answered anyway; the next one tries again
                 log.warning("cannot follow the log of pod %s: %s: %s", name,
                             type(e).__name__, e)

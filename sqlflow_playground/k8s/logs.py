@@ -53,43 +53,49 @@ def whole_second(stamp: str) -> str:
 
 
 def _log_request(api_client, namespace: str, name: str, query: List[Tuple[str, str]],
-                 timeout: Any) -> Any:
-    """GET pods/log (blocking); the response, unread. ApiException if it is not a 2xx."""
+                 timeout: Any, container: Optional[str] = None) -> Any:
+    """GET pods/log (blocking) of ``container`` (None: the API server's choice, which is an
+    error for a pod of several containers); the response, unread. ApiException if not 2xx."""
+    if container:
+        query = [("container", container)] + query
     method, url, headers, body, post = api_client.param_serialize(
         method="GET", resource_path="/api/v1/namespaces/{namespace}/pods/{name}/log",
         path_params={"namespace": namespace, "name": name}, query_params=query,
         header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"])
     response = api_client.call_api(method, url, headers, body, post, _request_timeout=timeout)
     if not 200 <= response.status < 300:
-        response.read()
-        raise ApiException(status=response.status, reason=response.reason)
+        body = response.read()
+        raise ApiException(status=response.status, reason=response.reason,
+                           data=body.decode("utf-8", "replace") if isinstance(body, bytes)
+                           else body)
     return response
 
 
 def read_log(api_client, namespace: str, name: str, since: Optional[str],
-             limit_bytes: int) -> str:
+             limit_bytes: int, container: Optional[str] = None) -> str:
     """GET pods/log with timestamps, from the start of ``since``'s second (blocking)."""
     query = [("timestamps", "true"), ("limitBytes", str(limit_bytes))]
     if since:
         query.append(("sinceTime", whole_second(since)))
-    data = _log_request(api_client, namespace, name, query, 30).read()
+    data = _log_request(api_client, namespace, name, query, 30, container).read()
     return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
 
 
 def open_log_stream(api_client, namespace: str, name: str, since: Optional[str],
-                    read_timeout_s: float) -> Any:
+                    read_timeout_s: float, container: Optional[str] = None) -> Any:
     """GET pods/log with ``follow=true&timestamps=true`` from the start of ``since``'s second
     (blocking until the answer's headers): the urllib3 response, to be read as it comes
     (``read1``) and closed by the caller. ApiException if it is not a 2xx."""
     query = [("follow", "true"), ("timestamps", "true")]
     if since:
         query.append(("sinceTime", whole_second(since)))
-    return _log_request(api_client, namespace, name, query, (10, read_timeout_s)).response
+    return _log_request(api_client, namespace, name, query, (10, read_timeout_s),
+                        container).response
 
 
 def read_page(api_client, namespace: str, name: str, cursor: Optional[Cursor],
-              max_bytes: int, max_read_bytes: int = MAX_READ_BYTES
-              ) -> Optional[Tuple[str, bool]]:
+              max_bytes: int, max_read_bytes: int = MAX_READ_BYTES,
+              container: Optional[str] = None) -> Optional[Tuple[str, bool]]:
     """The log from the start of the cursor's second, with room for the already-returned
     lines of that second that will be skipped: (text, whole), ``whole`` being False when the
     API cut it at the limit. None when there is no log to read (not started, or deleted).
@@ -106,7 +112,8 @@ def read_page(api_client, namespace: str, name: str, cursor: Optional[Cursor],
     cap = max(limit, max_read_bytes)
     while True:
         try:
-            text = read_log(api_client, namespace, name, cursor[0] if cursor else None, limit)
+            text = read_log(api_client, namespace, name, cursor[0] if cursor else None, limit,
+                            container)
         except ApiException as e:
             if e.status in (400, 404):
                 return None
@@ -152,9 +159,9 @@ class LogReader:
         self._lock = threading.Lock()
 
     def page(self, namespace: str, name: str, cursor: Optional[Cursor], max_bytes: int,
-             ended: bool) -> Optional[Tuple[str, bool]]:
+             ended: bool, container: Optional[str] = None) -> Optional[Tuple[str, bool]]:
         """Like ``read_page``; ``ended``: the pod has terminated (its log is final)."""
-        pod, since = (namespace, name), (cursor[0].split(".")[0] if cursor else "", max_bytes)
+        pod, since = (namespace, name, container), (cursor[0].split(".")[0] if cursor else "", max_bytes)
         now = time.monotonic()
         with self._lock:
             last = self._pods.get(pod)  # entries are replaced, never changed: read unlocked
@@ -169,7 +176,7 @@ class LogReader:
                         self._pods.move_to_end(pod)
                 return cached
         page = read_page(self.api_client, namespace, name, cursor, max_bytes,
-                         self.max_read_bytes)
+                         self.max_read_bytes, container)
         with self._lock:
             quiet = last is not None and last["since"] == since and last["page"] == page
             interval = min(last["interval"] * 2, self.max_interval_s) if quiet \

@@ -10,7 +10,7 @@ import base64
 import contextlib
 import json
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import urllib3
 from kubernetes import client as k8s
@@ -31,6 +31,19 @@ FAILURE = {"Failed", "FailureTarget"}
 ACTIVE = {"Running", "Restarting"}
 POD_DONE = ("Succeeded", "Failed")
 PodCursors = Dict[str, List[Any]]  # pod name -> [log cursor, 1 once its log was read whole]
+# Containers that meshes and secret injectors add to pods (Istio, Linkerd, Envoy-based
+# meshes, Vault): never a job's own output, so never the default container to read.
+SIDECARS = frozenset({"istio-proxy", "linkerd-proxy", "envoy", "vault-agent"})
+
+
+def job_container(pod: Dict[str, Any], wanted: Optional[str] = None) -> Optional[str]:
+    """The container of ``pod`` whose log is the job's output: ``wanted`` (the spec's
+    ``container``) if the pod has it, else its first container that is not a known sidecar
+    (else its first). None for a pod without containers."""
+    names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+    if wanted in names:
+        return wanted
+    return next((n for n in names if n not in SIDECARS), names[0] if names else None)
 
 
 def api_message(e: ApiException) -> str:
@@ -56,6 +69,27 @@ def workload_status(obj: Dict[str, Any]) -> Tuple[str, str]:
     if (status.get("active") or 0) > 0 or latest in ACTIVE:
         return RUNNING, ""
     return PENDING, ""
+
+
+def container_names(node: Any) -> Iterator[str]:
+    """The name of every container (in any ``containers`` list) anywhere in ``node``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "containers" and isinstance(value, list):
+                yield from (c["name"] for c in value if isinstance(c, dict) and c.get("name"))
+            else:
+                yield from container_names(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from container_names(item)
+
+
+def check_container(body: Dict[str, Any], container: str) -> None:
+    """Unprocessable unless some pod template of the workload has ``container``."""
+    names = set(container_names(body))
+    if container not in names:
+        raise Unprocessable(f"spec['container']: no container {container!r} in the manifest's "
+                            f"pod templates (it has {sorted(n for n in names if n)})")
 
 
 def encode_cursor(pods: PodCursors) -> str:
@@ -92,6 +126,9 @@ class K8sJobPlugin(TaskPlugin):
             "manifest": {"type": "object"},
             # the resource's plural name; required for kinds other than batch/v1 Job
             "plural": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+            # the container whose log is the output; default: the first that is not a
+            # known sidecar (SIDECARS)
+            "container": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
         },
     }
 
@@ -115,6 +152,9 @@ class K8sJobPlugin(TaskPlugin):
                                 " (the resource's plural name, e.g. 'pytorchjobs')")
         meta = {"group": group, "version": version, "plural": plural,
                 "name": body["metadata"]["name"], "namespace": namespace}
+        if spec.get("container"):
+            check_container(body, spec["container"])
+            meta["container"] = spec["container"]
         try:
             if (group, version, plural) == BATCH:
                 self.cluster.batch.create_namespaced_job(namespace, body)
@@ -175,7 +215,8 @@ class K8sJobPlugin(TaskPlugin):
             follow = phase == "Running" and not pod["metadata"].get("deletionTimestamp")
             # Each line gets "[pod] " in front: the page must fit the budget with it.
             page = self.logs.read(meta["namespace"], name, logs.parse_cursor(position), budget,
-                                  ended or phase in POD_DONE, follow, len(name) + 3)
+                                  ended or phase in POD_DONE, follow, len(name) + 3,
+                                  job_container(pod, meta.get("container")))
             if page is None:
                 continue  # container not started yet, or already deleted
             state.responses += [{"message": f"[{name}] {line}"} for line in page.lines]

@@ -20,6 +20,9 @@ from .base import (FAILED, PENDING, RUNNING, SUCCEEDED, UNKNOWN, TaskContext, Ta
 
 # A pod not yet in the cache this soon after creation is on its way, not lost.
 CACHE_GRACE_S = 30.0
+# The name of the job's container in its pod (``objects.make_job_pod``): its log is the
+# job's output, whatever sidecars (istio-proxy, linkerd-proxy, …) a webhook added.
+JOB_CONTAINER = "job"
 QUANTITIES = {"type": "object", "additionalProperties": {"type": ["string", "number"]}}
 
 
@@ -78,7 +81,8 @@ class PodPlugin(TaskPlugin):
             create_if_missing(self.cluster.core.create_namespaced_pod, self.cluster.namespace, pod)
         except ApiException as e:
             raise Unavailable(f"Kubernetes refused the pod: {e.status} {e.reason}") from None
-        return {"pod": name, "namespace": self.cluster.namespace, "created": time.time()}
+        return {"pod": name, "namespace": self.cluster.namespace, "created": time.time(),
+                "container": JOB_CONTAINER}
 
     def get(self, ctx: TaskContext, meta: Dict[str, Any], cursor: str) -> TaskState:
         pod = self.cluster.pods.get(meta["pod"])  # from the watch: no API call
@@ -109,7 +113,7 @@ class PodPlugin(TaskPlugin):
         except ValueError:
             raise BadRequest(f"invalid cursor {cursor!r}") from None
         page = self.logs.read(meta["namespace"], meta["pod"], position, max_bytes, complete,
-                              follow)
+                              follow, container=meta.get("container", JOB_CONTAINER))
         if page is None:
             return  # container not started yet, or already deleted: no log to read
         state.responses = [{"message": line} for line in page.lines]

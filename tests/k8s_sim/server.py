@@ -15,7 +15,7 @@ import tornado.iostream
 import tornado.web
 
 from . import selectors
-from .admission import apply_patch, prepare_create
+from .admission import apply_patch, install_webhooks, prepare_create
 from .base import TRUE, NotFoundHandler, SimHandler
 from .errors import ApiError, path_not_found, status_success
 from .podlog import LogHandler
@@ -201,6 +201,7 @@ def routes(sim: Any) -> list:
 
 
 def make_app(sim: Any) -> tornado.web.Application:
+    install_webhooks(sim)
     return tornado.web.Application(routes(sim), default_handler_class=NotFoundHandler,
                                    default_handler_args={"sim": sim},
                                    log_function=lambda handler: None)
