@@ -15,7 +15,7 @@ import tornado.iostream
 from . import logs
 from .base import SimHandler
 from .errors import bad_request
-from .resources import PODS
+from .resources import PODS, authorize
 
 
 class LogHandler(SimHandler):
@@ -23,6 +23,7 @@ class LogHandler(SimHandler):
 
     async def get(self, namespace: str, name: str) -> None:
         self.count("get", "pods/log", name)
+        authorize(self.sim, "get", "", "pods/log", namespace, name)
         pod = self.store.get(PODS, namespace, name)
         names = [c["name"] for c in pod["spec"]["containers"]]
         container = self.get_query_argument("container", None)
