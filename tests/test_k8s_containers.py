@@ -88,3 +88,21 @@ def test_a_container_the_manifest_lacks_is_422_naming_the_field(alice, sim):
 def test_job_container(names, wanted, expected):
     pod = {"spec": {"containers": [{"name": n} for n in names]}}
     assert job_container(pod, wanted) == expected
+
+
+# -- finding 6: the cluster must not delete a workload before its end is recorded --------
+
+@pytest.mark.parametrize("where", ["spec", "spec.runPolicy"])
+def test_ttl_seconds_after_finished_is_422_naming_the_field(alice, sim, where):
+    manifest = workload()
+    node = manifest["spec"]
+    if where == "spec.runPolicy":
+        node = node.setdefault("runPolicy", {})
+        manifest = {**manifest, "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob"}
+    node["ttlSecondsAfterFinished"] = 0
+    resp = alice("POST", "/api/jobs", {"task_type": "k8s_job", "spec": {
+        "manifest": manifest, "plural": "pytorchjobs"}})
+    assert resp.status == 422, resp.body
+    assert f"{where}.ttlSecondsAfterFinished" in resp.body["error"]["message"]
+    assert sim.list_objects("batch", "v1", "jobs", "default") == []
+    assert sim.list_objects("kubeflow.org", "v1", "pytorchjobs", "default") == []

@@ -6,6 +6,7 @@ Everything here is synchronous and may block on the network: the server calls it
 its bounded executor (``await runner.run(fn, ...)`` of ``sqlflow_playground.blocking``),
 never on the IOLoop.
 """
+import json
 import os
 import threading
 from typing import Any, Callable, Dict, Optional, TypeVar
@@ -13,6 +14,8 @@ from typing import Any, Callable, Dict, Optional, TypeVar
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.config import incluster_config
+
+from ..errors import PlaygroundError, Unavailable
 
 T = TypeVar("T")
 # Executor threads and watch threads share the pool; the client's default of 10 would
@@ -117,3 +120,31 @@ def delete_if_present(delete_fn: Callable[..., T], *args: Any, **kwargs: Any) ->
         if e.status == 404:
             return None
         raise
+
+
+def api_message(e: ApiException) -> str:
+    """The message of the ``Status`` the API server answered with, else its status line."""
+    try:
+        return str(json.loads(e.body)["message"])
+    except Exception:
+        return f"{e.status} {e.reason}"
+
+
+def cluster_failure(e: ApiException, verb: str, resource: str,
+                    namespace: str) -> Optional[PlaygroundError]:
+    """The error to answer when the API server refused ``verb`` on ``resource`` (RBAC's
+    spelling: ``pods``, ``jobs.batch``) for a reason that is the cluster's, not the user's:
+    401/403 (the gateway's service account may not), 429 (overloaded) and 5xx, each a 503
+    naming it. None for other statuses (a 4xx about the request: the caller's to map)."""
+    if e.status in (401, 403):
+        return Unavailable(
+            f"the gateway's service account may not {verb} {resource} in namespace "
+            f"{namespace!r} (Kubernetes answered {e.status}: {api_message(e)}); its Role "
+            "must grant it (deploy/role.yaml)")
+    if e.status == 429:
+        return Unavailable(f"the Kubernetes API is overloaded (429 Too Many Requests) and "
+                           f"refused to {verb} {resource}; try again shortly")
+    if e.status is not None and e.status >= 500:
+        return Unavailable(f"the Kubernetes API failed to {verb} {resource}: {e.status} "
+                           f"{api_message(e)}")
+    return None

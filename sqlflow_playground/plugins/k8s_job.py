@@ -18,7 +18,7 @@ from kubernetes.client.rest import ApiException
 
 from ..errors import BadRequest, Unavailable, Unprocessable
 from ..k8s import logs, objects
-from ..k8s.clients import delete_if_present
+from ..k8s.clients import api_message, cluster_failure, delete_if_present
 from ..k8s.cluster import Cluster
 from ..k8s.names import JOB_LABEL, label_value
 from .base import (FAILED, PENDING, RUNNING, SUCCEEDED, UNKNOWN, TaskContext, TaskPlugin,
@@ -46,12 +46,25 @@ def job_container(pod: Dict[str, Any], wanted: Optional[str] = None) -> Optional
     return next((n for n in names if n not in SIDECARS), names[0] if names else None)
 
 
-def api_message(e: ApiException) -> str:
-    """The message of the ``Status`` the API server answered with, else its reason."""
-    try:
-        return json.loads(e.body)["message"]
-    except Exception:
-        return f"{e.status} {e.reason}"
+def refuse_ttl(manifest: Any, path: str = "") -> None:
+    """Unprocessable if the manifest sets ``ttlSecondsAfterFinished`` anywhere (batch/v1:
+    ``spec``; Kubeflow: ``spec.runPolicy``): the cluster would delete the finished workload,
+    its pods and their logs, possibly before the playground has recorded the job's end and
+    read its output. The playground deletes the workload itself (cancel, or ``--job_ttl_s``
+    after the job ended)."""
+    if isinstance(manifest, dict):
+        for key, value in manifest.items():
+            here = f"{path}.{key}" if path else str(key)
+            if key == "ttlSecondsAfterFinished" and value is not None:
+                raise Unprocessable(
+                    f"spec['manifest']: {here} is not allowed: the cluster would delete the "
+                    "finished workload and its logs before the playground recorded its end; "
+                    "the playground deletes it when the job is cancelled or expires")
+            if key not in ("labels", "annotations"):
+                refuse_ttl(value, here)
+    elif isinstance(manifest, list):
+        for i, item in enumerate(manifest):
+            refuse_ttl(item, f"{path}[{i}]")
 
 
 def workload_status(obj: Dict[str, Any]) -> Tuple[str, str]:
@@ -138,6 +151,7 @@ class K8sJobPlugin(TaskPlugin):
 
     def create(self, ctx: TaskContext, spec: Dict[str, Any]) -> Dict[str, Any]:
         namespace = self.cluster.namespace
+        refuse_ttl(spec["manifest"])
         try:
             body = objects.prepare_workload(spec["manifest"], ctx.user_id, ctx.token, namespace)
         except ValueError as e:
@@ -162,6 +176,10 @@ class K8sJobPlugin(TaskPlugin):
                 self.cluster.custom.create_namespaced_custom_object(
                     group, version, namespace, plural, body)
         except ApiException as e:
+            resource = f"{plural}.{group}" if group else plural
+            failure = cluster_failure(e, "create", resource, namespace)
+            if failure is not None:  # the cluster's trouble, not the user's manifest
+                raise failure from None
             if 400 <= e.status < 500:
                 raise Unprocessable(f"Kubernetes refused the workload: {api_message(e)}") from None
             raise Unavailable(f"Kubernetes refused the workload: {e.status} {e.reason}") from None

@@ -10,9 +10,9 @@ from typing import Any, Dict, Optional
 
 from kubernetes.client.rest import ApiException
 
-from ..errors import BadRequest, Unavailable
+from ..errors import BadRequest, Unavailable, Unprocessable
 from ..k8s import logs, objects
-from ..k8s.clients import create_if_missing, delete_if_present
+from ..k8s.clients import api_message, cluster_failure, create_if_missing, delete_if_present
 from ..k8s.cluster import Cluster
 from ..k8s.names import hashed_name
 from .base import (FAILED, PENDING, RUNNING, SUCCEEDED, UNKNOWN, TaskContext, TaskPlugin,
@@ -73,13 +73,21 @@ class PodPlugin(TaskPlugin):
     def create(self, ctx: TaskContext, spec: Dict[str, Any]) -> Dict[str, Any]:
         self.cluster.start()
         name = hashed_name(ctx.token, "sfp-job")
-        pod = objects.make_job_pod(name, ctx.user_id, ctx.token, spec["image"],
-                                   command=spec.get("command"), args=spec.get("args"),
-                                   env=spec.get("env"), resources=spec.get("resources"),
-                                   timeout_s=spec.get("timeout_s"))
+        try:
+            pod = objects.make_job_pod(name, ctx.user_id, ctx.token, spec["image"],
+                                       command=spec.get("command"), args=spec.get("args"),
+                                       env=spec.get("env"), resources=spec.get("resources"),
+                                       timeout_s=spec.get("timeout_s"))
+        except ValueError as e:  # e.g. a quantity that is not one
+            raise Unprocessable(f"spec: {e}") from None
         try:
             create_if_missing(self.cluster.core.create_namespaced_pod, self.cluster.namespace, pod)
         except ApiException as e:
+            failure = cluster_failure(e, "create", "pods", self.cluster.namespace)
+            if failure is not None:  # the cluster's trouble (RBAC, overload), not the spec's
+                raise failure from None
+            if 400 <= e.status < 500:
+                raise Unprocessable(f"Kubernetes refused the pod: {api_message(e)}") from None
             raise Unavailable(f"Kubernetes refused the pod: {e.status} {e.reason}") from None
         return {"pod": name, "namespace": self.cluster.namespace, "created": time.time(),
                 "container": JOB_CONTAINER}
