@@ -172,7 +172,7 @@ def test_cancel_interrupts_a_running_sqlite_query(sqlite_ctx):
     plugin.delete(ctx, meta)  # idempotent
     state, _ = poll(ctx, meta, timeout=5)
     assert (state.status, state.message) == ("CANCELLED", "cancelled")
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 5  # interrupted: not delete's SIGKILL after 5 s
 
 
 def test_without_a_live_worker_delete_cancels_and_recover_fails(sqlite_ctx):

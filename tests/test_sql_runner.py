@@ -62,19 +62,19 @@ def test_the_job_runs_in_a_process_of_its_own_that_is_reaped(sqlite_ctx):
     assert pid != os.getpid() and proc_state(pid) in ("R", "S", "D")
     assert os.getsid(pid) == pid  # its own session and group: cancel kills it alone
     # Batch work: it makes way for the server (see sql_runner._lower_priority).
-    wait_for(lambda: os.getpriority(os.PRIO_PROCESS, pid) >= 10, 5, "runner niced")
+    niced = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)  # 10 below the server's
+    wait_for(lambda: os.getpriority(os.PRIO_PROCESS, pid) >= niced, 5, "runner niced")
     if os.path.exists("/proc/self/autogroup"):
         assert proc_bytes(pid, "autogroup").split()[-1] == b"10"  # "/autogroup-N nice 10"
     assert b"sql_runner.py" in proc_bytes(pid, "cmdline")
-    # The server's process does not do the work: its own CPU time stays flat while the
-    # runner's grows.
+    # The server's process does not do the work: the runner's CPU time grows, the
+    # server's (this process, idle meanwhile) much less.
     def cpu(p):
         fields = proc_bytes(p, "stat").rsplit(b")", 1)[1].split()
         return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
     runner_before, server_before = cpu(pid), cpu(os.getpid())
-    time.sleep(1.0)
-    assert cpu(pid) - runner_before > 20  # > 0.2 s of the second: it is busy
-    assert cpu(os.getpid()) - server_before < cpu(pid) - runner_before
+    wait_for(lambda: cpu(pid) - runner_before >= 20, 30, "runner busy")  # niced: slow if
+    assert cpu(os.getpid()) - server_before < 10                          # the host is
     plugin.delete(ctx, meta)
     assert plugin.get(ctx, meta, "").status == "CANCELLED"
     gone(pid)
@@ -137,12 +137,12 @@ def test_the_job_file_is_private(sqlite_ctx, monkeypatch):
 def test_cancel_stops_a_long_sqlite_query_and_its_runner(sqlite_ctx):
     ctx = sqlite_ctx()
     meta = start(ctx, FOREVER)
+    runner = sql_module._runners[meta["runner_pid"]]
     time.sleep(0.5)
-    started = time.monotonic()
     plugin.delete(ctx, meta)
-    assert time.monotonic() - started < 4
     state, _ = poll(ctx, meta, timeout=5)
     assert (state.status, state.message) == ("CANCELLED", "cancelled")
+    assert runner.wait(timeout=5) == 0  # it stopped by itself: SIGKILL is the fallback
     gone(meta["runner_pid"], timeout=3)
 
 
@@ -150,10 +150,12 @@ def test_sigterm_alone_interrupts_the_statement(sqlite_ctx):
     """The runner's own handling of SIGTERM (what delete sends), without a cancel file."""
     ctx = sqlite_ctx()
     meta = start(ctx, FOREVER)
+    runner = sql_module._runners[meta["runner_pid"]]
     time.sleep(0.5)
     os.kill(meta["runner_pid"], signal.SIGTERM)
-    state, _ = poll(ctx, meta, timeout=5)
+    state, _ = poll(ctx, meta, timeout=10)
     assert (state.status, state.message) == ("CANCELLED", "cancelled")
+    assert runner.wait(timeout=5) == 0
     gone(meta["runner_pid"])
 
 
@@ -161,12 +163,14 @@ def test_cancel_stops_a_mysql_sleep_and_its_runner(mysql_user, tmp_path):
     ds, _ = mysql_user()
     ctx = make_ctx(tmp_path, ds)
     meta = start(ctx, "SELECT SLEEP(30)")
+    runner = sql_module._runners[meta["runner_pid"]]
     time.sleep(1.0)
     started = time.monotonic()
     plugin.delete(ctx, meta)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10  # not the 30 s of the SLEEP
     state, _ = poll(ctx, meta, timeout=5)
     assert (state.status, state.message) == ("CANCELLED", "cancelled")
+    assert runner.wait(timeout=5) == 0  # KILL QUERY ended it: SIGKILL is the fallback
     gone(meta["runner_pid"], timeout=3)
 
 
