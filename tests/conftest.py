@@ -212,9 +212,24 @@ def fetch_until_eof(fetch, token, cursor="", wait=5, timeout=60):
 @pytest.fixture
 def sim(tmp_path):
     """An in-test Kubernetes API server (tests/k8s_sim) with ``.kubeconfig`` written.
-    Request it before ``make_server`` so servers stop before the simulator does."""
-    from k8s_sim import running_simulator
+    Request it before ``make_server`` so servers stop before the simulator does.
+
+    With ``SQLFLOW_PLAYGROUND_TEST_KUBECONFIG`` set: that real cluster instead
+    (``k8s_sim/real_cluster.py``; tests using sim-only hooks skip, saying so)."""
     from sqlflow_playground.k8s.clients import close_shared_clients
+    real = os.environ.get("SQLFLOW_PLAYGROUND_TEST_KUBECONFIG")
+    if real:
+        from k8s_sim.real_cluster import RealCluster
+        cluster = RealCluster(os.path.abspath(os.path.expanduser(real)))
+        cluster.cleanup()
+        try:
+            yield cluster
+        finally:
+            close_shared_clients()
+            cluster.cleanup()
+            cluster.close()
+        return
+    from k8s_sim import running_simulator
     with running_simulator() as simulator:
         simulator.kubeconfig = str(simulator.write_kubeconfig(tmp_path / "kubeconfig"))
         yield simulator

@@ -53,6 +53,7 @@ def workload(annotations=None, containers=None):
 
 
 def test_a_k8s_job_asking_for_injection_reads_its_own_container(alice, sim):
+    sim.inject_sidecars = False  # only pods asking for it (the simulator's webhook: sim-only)
     token = submit(alice, "k8s_job", {"manifest": workload({"sidecar.istio.io/inject": "true"})})
     body, responses, _ = fetch_until_eof(alice, token)
     assert containers_of_pods(sim) == [["trainer", "istio-proxy"]]
@@ -62,6 +63,7 @@ def test_a_k8s_job_asking_for_injection_reads_its_own_container(alice, sim):
 
 
 def test_a_k8s_job_names_the_container_to_read(alice, sim):
+    sim.inject_sidecars = False
     token = submit(alice, "k8s_job", {"manifest": workload({"sidecar.istio.io/inject": "true"}),
                                       "container": "trainer"})
     body, responses, _ = fetch_until_eof(alice, token)

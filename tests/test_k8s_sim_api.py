@@ -2,6 +2,7 @@
 nothing, ``/openapi/v2`` and ``/openapi/v3`` let ``kubectl apply`` validate, Events can
 be recorded, listed and watched, and a Role can be enforced."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from sqlflow_playground.k8s import objects
 from sqlflow_playground.k8s.clients import shared_api_client
 
 PY = sys.executable
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -119,3 +121,21 @@ def test_events_are_recorded_listed_and_watched(sim, core):
     stream.close()
     assert [e["type"] for e in seen] == ["ADDED", "MODIFIED", "ADDED"]
     core.delete_namespaced_pod("seen", "default", grace_period_seconds=0)
+
+
+def test_the_scenario_tests_run_against_a_cluster_named_by_a_kubeconfig(tmp_path):
+    """The real-cluster tier, pointed at a simulator standing in for a real cluster: the
+    tests pass unchanged, and one needing sim-only fault injection skips, saying why."""
+    from k8s_sim import running_simulator
+    with running_simulator() as other:
+        kubeconfig = other.write_kubeconfig(tmp_path / "real.yaml")
+        run = subprocess.run(
+            [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+             "tests/test_k8s_pod_jobs.py", "-k", "output_through_fetch or cancel_deletes or "
+             "oom_killed"], cwd=str(ROOT), capture_output=True, text=True, timeout=300,
+            env={**os.environ, "SQLFLOW_PLAYGROUND_TEST_KUBECONFIG": str(kubeconfig)})
+        assert "2 passed, 1 skipped" in run.stdout, run.stdout[-3000:]
+        assert "needs the simulator: sim.image_pull_backoff_images" in run.stdout
+        created = sum(n for (verb, res, _), n in other.counts.items()
+                      if (verb, res) == ("create", "pods"))
+        assert created >= 2  # the jobs ran there
