@@ -7,10 +7,18 @@ first container's ``command`` + ``args`` (in its own process group, with the con
 its stdout and stderr captured line by line for the log endpoint. Exit 0 → ``Succeeded``
 (reason ``Completed``), else ``Failed`` (reason ``Error``, signals as 128+n), unless
 ``restartPolicy`` restarts it (``CrashLoopBackOff`` in between). ``activeDeadlineSeconds``
-kills it: pod ``reason: DeadlineExceeded``, container exit 137. MySQL/MariaDB images run
-nothing: Running at once, Ready after ``mysql_ready_delay``. A container without command or
-args runs like a server until deleted. Deleting a running pod sends SIGTERM to its group,
-SIGKILL after the grace period (capped by ``max_grace_s``), then the pod is removed.
+kills it, also while its container waits (an image that cannot be pulled): pod
+``reason: DeadlineExceeded``, container exit 137. MySQL/MariaDB images run a fake mysqld:
+Running at once, Ready after ``mysql_ready_delay``, remembering the credentials of its
+environment (``mysql_refusal`` checks a client's against them); on SIGTERM it takes
+``mysql_shutdown_s`` to stop. A container without command or args runs like a server until
+deleted. Deleting a running pod sends SIGTERM to its group, SIGKILL after the grace period
+(capped by ``max_grace_s``); the pod stays, Terminating, until its process is gone.
+
+Faults (``faults``: standing rules the simulator's ``inject`` adds): ``unschedulable`` pods
+stay Pending with ``PodScheduled=False``, reason ``Unschedulable``; ``unpullable`` images (and
+any named ``unpullable/...``) wait in ``ErrImagePull`` then ``ImagePullBackOff``; a
+``crashloop`` MySQL pod's mysqld exits at once, again and again (``CrashLoopBackOff``).
 """
 import asyncio
 import copy
@@ -48,6 +56,9 @@ class PodRuntime:
     task: Optional[asyncio.Task] = None
     timer: Optional[asyncio.TimerHandle] = None
     workdir: Optional[str] = None
+    final: bool = False                    # its phase is Succeeded or Failed
+    mysql_env: Optional[Dict[str, str]] = None  # a fake mysqld's environment, once it runs
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # a fault was injected
 
 
 class Kubelet:
@@ -60,6 +71,8 @@ class Kubelet:
         self.startup_delay, self.mysql_ready_delay = startup_delay, mysql_ready_delay
         self.max_grace_s, self.restart_backoff_s = max_grace_s, restart_backoff_s
         self.image_pull_backoff_images: set = set()
+        self.mysql_shutdown_s = 0.0  # how long a fake mysqld takes to stop after SIGTERM
+        self.faults: List[tuple] = []  # (matches(pod) -> bool, fault), see has_fault
         self.pods: Dict[str, PodRuntime] = {}
         self.spawned: List[int] = []  # every container process (= process group) started
         self._ips = iter(range(2, 65000))
@@ -68,6 +81,24 @@ class Kubelet:
     def runtime(self, namespace: str, name: str) -> Optional[PodRuntime]:
         pod = self.store.find(PODS, namespace, name)
         return self.pods.get(pod["metadata"]["uid"]) if pod else None
+
+    def has_fault(self, pod: Optional[Dict[str, Any]], fault: str) -> bool:
+        return pod is not None and any(f == fault and matches(pod) for matches, f in self.faults)
+
+    def poke(self) -> None:
+        """Faults changed: every pod looks again."""
+        for r in self.pods.values():
+            r.wake.set()
+
+    async def _nap(self, r: PodRuntime, seconds: float) -> None:
+        """Sleep, cut short by a fault injected or the pod stopping."""
+        r.wake.clear()
+        waits = [asyncio.ensure_future(e.wait()) for e in (r.wake, r.stop)]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     def on_event(self, ev: Event) -> None:
         if ev.rt is not PODS:
@@ -104,7 +135,7 @@ class Kubelet:
             await self._live(r)
         finally:
             r.log.close()
-            if r.timer:
+            if r.timer and r.final:
                 r.timer.cancel()
             if r.workdir:
                 shutil.rmtree(r.workdir, ignore_errors=True)
@@ -112,11 +143,12 @@ class Kubelet:
                 r.on_gone()
 
     async def _live(self, r: PodRuntime) -> None:
-        self._write(r, lambda p: podstatus.scheduled(p, self.node_name))
+        if not await self._schedule(r):
+            return
         self._write(r, lambda p: podstatus.creating(p, "10.0.0.1"))
         pod = self._pod(r)
         deadline = pod and pod["spec"].get("activeDeadlineSeconds")
-        if deadline:
+        if deadline:  # counted from startTime, so also while the container waits
             r.timer = asyncio.get_running_loop().call_later(
                 deadline, self.fail, r, "DeadlineExceeded",
                 "Pod was active on the node longer than the specified deadline")
@@ -129,14 +161,13 @@ class Kubelet:
         if image in self.image_pull_backoff_images:
             self.fail(r, "ImagePullBackOff", f'Back-off pulling image "{image}"')
             return
+        if image.startswith("unpullable/") or self.has_fault(pod, "unpullable"):
+            await self._pull_fails(r, image)
+            return
         n = next(self._ips)
         ip = f"10.244.{n // 250}.{n % 250 + 2}"
         if "mysql" in image or "mariadb" in image:
-            r.started = True
-            self._write(r, lambda p: podstatus.running(p, ip, time.time(), ready=False))
-            await asyncio.sleep(self.mysql_ready_delay)
-            if not r.done:
-                self._write(r, lambda p: podstatus.running(p, ip, time.time(), ready=True))
+            await self._mysqld(r, env, ip)
             return
         r.workdir = tempfile.mkdtemp(prefix=f"k8s-sim-{r.name}-")
         restarts, last_state = 0, None
@@ -156,9 +187,66 @@ class Kubelet:
                     f"{cname} pod={r.name}_{r.namespace}({r.uid})", restarts, last_state))
                 await asyncio.sleep(delay)
                 continue
-            r.done = True
+            r.done = r.final = True
             phase = "Succeeded" if code == 0 else "Failed"
             self._write(r, lambda p: podstatus.terminated(p, phase, state, restarts), final=True)
+
+    async def _schedule(self, r: PodRuntime) -> bool:
+        """Bind the pod to the node, once no ``unschedulable`` fault holds it back."""
+        reported = False
+        while not r.done:
+            pod = self._pod(r)
+            if pod is None:
+                return False
+            if not self.has_fault(pod, "unschedulable"):
+                return self._write(r, lambda p: podstatus.scheduled(p, self.node_name))
+            if not reported:
+                reported = self._write(r, lambda p: podstatus.unschedulable(
+                    p, "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes "
+                    "are available: 1 No preemption victims found for incoming pod."))
+            await self._nap(r, 1.0)
+        return False
+
+    async def _pull_fails(self, r: PodRuntime, image: str) -> None:
+        """ErrImagePull, then ImagePullBackOff for good; the pod stays Pending (its
+        deadline, if any, still ends it)."""
+        self._write(r, lambda p: podstatus.waiting(
+            p, "ErrImagePull", f'failed to pull and unpack image "docker.io/{image}": failed '
+            f'to resolve reference "docker.io/{image}": pull access denied, repository does '
+            'not exist or may require authorization'))
+        await self._nap(r, self.restart_backoff_s)
+        self._write(r, lambda p: podstatus.waiting(
+            p, "ImagePullBackOff", f'Back-off pulling image "{image}"'))
+        r.done = True  # nothing more happens by itself
+
+    async def _mysqld(self, r: PodRuntime, env: Dict[str, str], ip: str) -> None:
+        """A fake mysqld: up after ``mysql_ready_delay`` with the credentials of ``env``,
+        until stopped; a ``crashloop`` fault makes it exit at once, and restart."""
+        restarts, last_state = 0, None
+        while not r.done:
+            started_at = time.time()
+            r.started = True
+            self._write(r, lambda p: podstatus.running(p, ip, started_at, False, restarts,
+                                                       last_state))
+            if not self.has_fault(self._pod(r), "crashloop"):
+                await self._nap(r, self.mysql_ready_delay)
+                if r.done or self.has_fault(self._pod(r), "crashloop"):
+                    continue
+                r.mysql_env = env
+                self._write(r, lambda p: podstatus.running(p, ip, started_at, True, restarts,
+                                                           last_state))
+                while not r.done and not self.has_fault(self._pod(r), "crashloop"):
+                    await self._nap(r, 3600)
+                r.mysql_env = None
+                if r.done:
+                    return
+            restarts += 1
+            last_state = podstatus.terminated_state(1, "Error", started_at)
+            delay = min(self.restart_backoff_s * 2 ** (restarts - 1), 5.0)
+            self._write(r, lambda p: podstatus.waiting(
+                p, "CrashLoopBackOff", f"back-off {delay:g}s restarting failed container="
+                f"mysql pod={r.name}_{r.namespace}({r.uid})", restarts, last_state))
+            await self._nap(r, delay)
 
     async def _run_container(self, r: PodRuntime, pod: Dict[str, Any], env: Dict[str, str],
                              ip: str, restarts: int, last_state: Optional[dict]) -> tuple:
@@ -231,12 +319,16 @@ class Kubelet:
 
     def fail(self, r: PodRuntime, reason: str, message: Optional[str] = None) -> None:
         """Fault injection and the active deadline: stop the pod with ``reason``."""
-        if r.done:
+        if r.final or r.on_gone is not None:
             return
         pod = self._pod(r)
         started = r.started
+        r.mysql_env = None
         if reason in WAITING_REASONS:
-            self._kill(r, signal.SIGKILL)
+            r.done = True
+            r.stop.set()
+            self._kill(r, signal.SIGKILL, keep_state=True)  # the deadline still runs
+
             def change(p):
                 p["status"]["phase"] = "Pending" if reason != "CrashLoopBackOff" or not started \
                     else "Running"
@@ -246,11 +338,13 @@ class Kubelet:
         code = 137 if reason in POD_LEVEL_REASONS + ("OOMKilled",) else 1
         container_reason = "Error" if reason in POD_LEVEL_REASONS else reason
         r.kill_reason = (code, container_reason, None if reason in POD_LEVEL_REASONS else message)
+        r.final = True
         self._kill(r, signal.SIGKILL)
         pod_reason = reason if reason in POD_LEVEL_REASONS else None
         start = time.time() if started else None
         state = podstatus.terminated_state(code, container_reason, start, r.kill_reason[2]) \
-            if started or pod_reason is None else {"waiting": {"reason": "ContainerCreating"}}
+            if started or pod_reason is None else podstatus.container_state(pod) \
+            or {"waiting": {"reason": "ContainerCreating"}}
         if pod is not None:
             self._write(r, lambda p: podstatus.terminated(p, "Failed", state, 0, pod_reason,
                                                           message), final=True)
@@ -259,13 +353,21 @@ class Kubelet:
                   on_gone: Callable[[], None]) -> bool:
         """Graceful deletion; True when the caller must wait for ``on_gone``."""
         r = self.runtime(namespace, name)
-        if r is None or r.proc is None or r.done:
+        if r is None or r.final or r.on_gone is not None:
+            return False
+        grace = min(grace, self.max_grace_s)
+        if r.mysql_env is not None or (r.started and r.proc is None and not r.done):
+            # a fake mysqld (or a server without a process) stops after mysql_shutdown_s
+            r.on_gone, r.done = on_gone, True
+            stop_after = min(grace, self.mysql_shutdown_s if r.mysql_env is not None else 0.0)
+            asyncio.get_running_loop().call_later(stop_after, r.stop.set)
+            return True
+        if r.proc is None or r.done:
             return False
         r.on_gone = on_gone
         r.done = True
         self._kill(r, signal.SIGTERM, keep_state=True)
-        asyncio.get_running_loop().call_later(min(grace, self.max_grace_s), self._kill, r,
-                                              signal.SIGKILL, True)
+        asyncio.get_running_loop().call_later(grace, self._kill, r, signal.SIGKILL, True)
         return True
 
     async def shutdown(self, timeout: float = 5.0) -> None:

@@ -119,3 +119,20 @@ def terminated(pod: Pod, phase: str, state: Dict[str, Any], restarts: int = 0,
                    ContainersReady=(False, "PodCompleted"))
     _container_statuses(pod, state, restarts=restarts)
     return pod
+
+
+def unschedulable(pod: Pod, message: str) -> Pod:
+    """What the scheduler writes when no node fits: Pending, ``PodScheduled=False``."""
+    status = pod.setdefault("status", {})
+    status["phase"] = "Pending"
+    set_conditions(pod, PodScheduled=(False, "Unschedulable"))
+    for cond in status["conditions"]:
+        if cond["type"] == "PodScheduled":
+            cond["message"] = message
+    return pod
+
+
+def container_state(pod: Optional[Pod]) -> Optional[Dict[str, Any]]:
+    """The first container's current ``state``, if it has one."""
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+    return statuses[0].get("state") if statuses else None

@@ -6,10 +6,19 @@ loopback port (``server``), etcd and the watch cache (``store``), the garbage co
 local processes (``kubelet``). It all runs on one Tornado/asyncio loop in a thread of its
 own, so tests may call the synchronous ``kubernetes`` client from any other thread. The
 hooks (``fail_pod``, ``set_status``, ``compact``, …) are thread-safe: they run on that loop.
+
+Fault injection: ``inject(target, fault)`` with a pod name (that pod) or a label selector
+(a dict; ``{}`` is every pod, now and later) — ``unschedulable``, ``unpullable`` and
+``crashloop`` are standing rules, until ``clear_faults()``; ``evicted`` and
+``oomkilled`` hit the matching pods now. Images named ``unpullable/...`` never pull.
+``mysql_shutdown_s`` is how long a MySQL pod stays Terminating after its deletion (within
+its grace period), and ``mysql_refusal(data_source)`` says whether the MySQL server behind a
+data source's host would accept its credentials.
 """
 import asyncio
 import collections
 import copy
+import re
 import threading
 import time
 from pathlib import Path
@@ -24,7 +33,7 @@ from .errors import not_found
 from .gc import GarbageCollector
 from .kubeconfig import write_kubeconfig
 from .kubelet import Kubelet
-from .resources import PODS, Discovery, lookup
+from .resources import PODS, SERVICES, Discovery, lookup
 from .server import make_app
 from .store import Store
 
@@ -65,6 +74,7 @@ class KubeSimulator:
         self.default_watch_timeout_s = default_watch_timeout_s
         self.bookmark_interval_s = bookmark_interval_s
         self.image_pull_backoff_images: set = set()
+        self._mysql_shutdown_s = 0.0
         self._counts: Counter = collections.Counter()
         self._counts_lock = threading.Lock()
         self._cluster_ips = iter(range(10, 60000))
@@ -114,6 +124,7 @@ class KubeSimulator:
                                restart_backoff_s=self.restart_backoff_s,
                                log_clock_resolution_ns=self.log_clock_resolution_ns)
         self.kubelet.image_pull_backoff_images = self.image_pull_backoff_images
+        self.kubelet.mysql_shutdown_s = self._mysql_shutdown_s
         self.gc.terminate_pod = self.kubelet.terminate
         self.jobs = JobController(self.store)
         self.discovery = Discovery(f"127.0.0.1:{self.port}", f"v{self.schema_version}.0")
@@ -214,6 +225,107 @@ class KubeSimulator:
                 raise not_found(PODS, name)
             self.kubelet.fail(runtime, reason, message or reason)
         self.call(fail)
+
+    # -- fault injection
+    FAULTS = ("unschedulable", "unpullable", "crashloop", "evicted", "oomkilled")
+
+    def inject(self, target: Union[str, Dict[str, str]], fault: str,
+               namespace: str = "default") -> int:
+        """Inject ``fault`` into the pod named ``target`` (the one there now, else the next one
+        of that name), or every pod, now and later, whose labels include the dict ``target``.
+        Returns how many existing pods it hits now."""
+        if fault not in self.FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; one of {self.FAULTS}")
+
+        def add() -> int:
+            named = self.store.find(PODS, namespace, target) if isinstance(target, str) else None
+            uid = named["metadata"]["uid"] if named else None
+
+            def matches(pod: Dict[str, Any]) -> bool:
+                meta = pod["metadata"]
+                if meta["namespace"] != namespace:
+                    return False
+                if isinstance(target, str):  # that pod, not a later one of the same name
+                    return meta["name"] == target and uid in (None, meta["uid"])
+                labels = meta.get("labels") or {}
+                return all(labels.get(k) == v for k, v in target.items())
+
+            hit = [p for p in self.store.items(PODS, namespace) if matches(p)]
+            if fault in ("evicted", "oomkilled"):
+                for pod in hit:
+                    self._fail_now(pod, fault)
+            else:
+                self.kubelet.faults.append((matches, fault))
+                self.kubelet.poke()
+            return len(hit)
+        return self.call(add)
+
+    def _fail_now(self, pod: Dict[str, Any], fault: str) -> None:
+        r = self.kubelet.runtime(pod["metadata"]["namespace"], pod["metadata"]["name"])
+        if r is None:
+            return
+        if fault == "evicted":
+            self.kubelet.fail(r, "Evicted", "The node was low on resource: memory. Threshold "
+                              "quantity: 100Mi, available: 51200Ki.")
+        else:
+            self.kubelet.fail(r, "OOMKilled")
+
+    def evict(self, namespace: str, name: str) -> None:
+        """Evict the pod (node pressure): it ends Failed, reason ``Evicted``."""
+        if self.inject(name, "evicted", namespace) == 0:
+            raise not_found(PODS, name)
+
+    def clear_faults(self) -> None:
+        """Lift every standing fault (unschedulable pods get scheduled, and so on)."""
+        def clear() -> None:
+            self.kubelet.faults.clear()
+            self.kubelet.poke()
+        self.call(clear)
+
+    @property
+    def mysql_shutdown_s(self) -> float:
+        return self._mysql_shutdown_s
+
+    @mysql_shutdown_s.setter
+    def mysql_shutdown_s(self, seconds: float) -> None:
+        self._mysql_shutdown_s = seconds
+        if self._loop is not None:
+            self.call(setattr, self.kubelet, "mysql_shutdown_s", seconds)
+
+    def mysql_refusal(self, data_source: str) -> Optional[str]:
+        """None if a client of ``data_source`` (``mysql://USER:PASS@tcp(HOST:PORT)/DB?…``,
+        HOST a Service's DNS name) would get in; else why not. Like a connection: the
+        Service must exist and select a ready, not terminating MySQL pod, whose server
+        was started with those credentials and that database."""
+        m = re.match(r"^mysql://([^:]+):([^@]*)@tcp\(([^:)]+):(\d+)\)/([^?]+)", data_source)
+        if not m:
+            return "not a MySQL data source"
+        user, password, host, _, database = m.groups()
+        service, _, rest = host.partition(".")
+        namespace = rest.split(".")[0] or "default"
+
+        def check() -> Optional[str]:
+            svc = self.store.find(SERVICES, namespace, service)
+            if svc is None:
+                return f"Unknown MySQL server host '{host}' (no Service)"
+            selector = (svc.get("spec") or {}).get("selector") or {}
+            for pod in self.store.items(PODS, namespace):
+                labels = pod["metadata"].get("labels") or {}
+                if not selector or any(labels.get(k) != v for k, v in selector.items()) \
+                        or pod["metadata"].get("deletionTimestamp"):
+                    continue
+                r = self.kubelet.pods.get(pod["metadata"]["uid"])
+                env = r.mysql_env if r else None
+                if env is None:
+                    continue
+                if (user, password) != (env.get("MYSQL_USER"), env.get("MYSQL_PASSWORD")) \
+                        and (user, password) != ("root", env.get("MYSQL_ROOT_PASSWORD")):
+                    return f"Access denied for user '{user}'"
+                if database != env.get("MYSQL_DATABASE") and user != "root":
+                    return f"Access denied for user '{user}' to database '{database}'"
+                return None
+            return f"Can't connect to MySQL server on '{host}' (no ready endpoint)"
+        return self.call(check)
 
     def _type(self, group: str, version: str, plural: str) -> Any:
         rt = lookup(group, version, plural)
