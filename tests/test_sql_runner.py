@@ -73,8 +73,9 @@ def test_the_job_runs_in_a_process_of_its_own_that_is_reaped(sqlite_ctx):
         fields = proc_bytes(p, "stat").rsplit(b")", 1)[1].split()
         return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
     runner_before, server_before = cpu(pid), cpu(os.getpid())
-    wait_for(lambda: cpu(pid) - runner_before >= 20, 30, "runner busy")  # niced: slow if
-    assert cpu(os.getpid()) - server_before < 10                          # the host is
+    # (niced, the runner may take a while to get 0.2 s of CPU on a busy host)
+    wait_for(lambda: cpu(pid) - runner_before >= 20, 30, "runner busy")
+    assert cpu(os.getpid()) - server_before < 10
     plugin.delete(ctx, meta)
     assert plugin.get(ctx, meta, "").status == "CANCELLED"
     gone(pid)
