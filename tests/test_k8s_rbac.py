@@ -218,3 +218,23 @@ def test_a_pod_spec_with_an_invalid_quantity_is_422(jobs_server, sim, certs, lim
                                                   "resources": {"limits": limits}})
     assert resp.status == 422 and "lots" in resp.body["error"]["message"], resp.body
     assert sim.list_objects("", "v1", "pods", "default") == []
+
+
+def test_refused_log_reads_and_deletes_are_503_naming_them(jobs_server, sim, certs):
+    alice = client_context(certs.dir, "alice")
+    token = submit_raw(jobs_server, certs, "pod", {"image": "python:3.11",
+                                                   "command": SLEEP}).body["token"]
+    assert wait_until(lambda: request(jobs_server.port, alice, "GET",
+                                      f"/api/jobs/{token}?wait=1").body["status"] == "RUNNING")
+    jobs_server.gateway.cluster.logs.close()  # no follower: every read asks the API
+    sim.faults = {("get", "pods/log"): 403, ("delete", "pods"): 429}
+    reads = []  # the first may come from the log reader's short memory (≤ 5 s)
+    assert wait_until(lambda: reads.append(request(jobs_server.port, alice, "GET",
+                                                   f"/api/jobs/{token}")) or
+                      reads[-1].status != 200, 20)
+    assert reads[-1].status == 503, reads[-1].body
+    assert "may not get pods/log" in reads[-1].body["error"]["message"]
+    cancel = request(jobs_server.port, alice, "DELETE", f"/api/jobs/{token}")
+    assert cancel.status == 503 and "overloaded" in cancel.body["error"]["message"], cancel.body
+    sim.faults = {}
+    assert request(jobs_server.port, alice, "DELETE", f"/api/jobs/{token}").status == 200

@@ -6,10 +6,11 @@ Everything here is synchronous and may block on the network: the server calls it
 its bounded executor (``await runner.run(fn, ...)`` of ``sqlflow_playground.blocking``),
 never on the IOLoop.
 """
+import contextlib
 import json
 import os
 import threading
-from typing import Any, Callable, Dict, Optional, TypeVar
+from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -148,3 +149,14 @@ def cluster_failure(e: ApiException, verb: str, resource: str,
         return Unavailable(f"the Kubernetes API failed to {verb} {resource}: {e.status} "
                            f"{api_message(e)}")
     return None
+
+
+@contextlib.contextmanager
+def cluster_call(verb: str, resource: str, namespace: str) -> Iterator[None]:
+    """Around a call whose refusal cannot be the user's fault (reading a log, deleting a
+    job's objects): an ``ApiException`` becomes a 503 naming what was refused."""
+    try:
+        yield
+    except ApiException as e:
+        raise (cluster_failure(e, verb, resource, namespace) or Unavailable(
+            f"Kubernetes refused to {verb} {resource}: {api_message(e)}")) from None

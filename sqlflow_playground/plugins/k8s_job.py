@@ -18,7 +18,7 @@ from kubernetes.client.rest import ApiException
 
 from ..errors import BadRequest, Unavailable, Unprocessable
 from ..k8s import logs, objects
-from ..k8s.clients import api_message, cluster_failure, delete_if_present
+from ..k8s.clients import api_message, cluster_call, cluster_failure, delete_if_present
 from ..k8s.cluster import Cluster
 from ..k8s.names import JOB_LABEL, label_value
 from .base import (FAILED, PENDING, RUNNING, SUCCEEDED, UNKNOWN, TaskContext, TaskPlugin,
@@ -232,9 +232,10 @@ class K8sJobPlugin(TaskPlugin):
                 break
             follow = phase == "Running" and not pod["metadata"].get("deletionTimestamp")
             # Each line gets "[pod] " in front: the page must fit the budget with it.
-            page = self.logs.read(meta["namespace"], name, logs.parse_cursor(position), budget,
-                                  ended or phase in POD_DONE, follow, len(name) + 3,
-                                  job_container(pod, meta.get("container")))
+            with cluster_call("get", "pods/log", meta["namespace"]):
+                page = self.logs.read(meta["namespace"], name, logs.parse_cursor(position),
+                                      budget, ended or phase in POD_DONE, follow, len(name) + 3,
+                                      job_container(pod, meta.get("container")))
             if page is None:
                 continue  # container not started yet, or already deleted
             state.responses += [{"message": f"[{name}] {line}"} for line in page.lines]
@@ -250,14 +251,17 @@ class K8sJobPlugin(TaskPlugin):
     def delete(self, ctx: TaskContext, meta: Dict[str, Any]) -> None:
         """Delete the workload and, first, its pods (``Foreground``); gone already is fine.
         Their logs are no longer followed."""
-        if (meta["group"], meta["version"], meta["plural"]) == BATCH:
-            delete_if_present(self.cluster.batch.delete_namespaced_job, meta["name"],
-                              meta["namespace"],
-                              body=k8s.V1DeleteOptions(propagation_policy="Foreground"))
-        else:
-            delete_if_present(self.cluster.custom.delete_namespaced_custom_object,
-                              meta["group"], meta["version"], meta["namespace"], meta["plural"],
-                              meta["name"], body={"propagationPolicy": "Foreground"})
+        resource = f"{meta['plural']}.{meta['group']}" if meta["group"] else meta["plural"]
+        with cluster_call("delete", resource, meta["namespace"]):
+            if (meta["group"], meta["version"], meta["plural"]) == BATCH:
+                delete_if_present(self.cluster.batch.delete_namespaced_job, meta["name"],
+                                  meta["namespace"],
+                                  body=k8s.V1DeleteOptions(propagation_policy="Foreground"))
+            else:
+                delete_if_present(self.cluster.custom.delete_namespaced_custom_object,
+                                  meta["group"], meta["version"], meta["namespace"],
+                                  meta["plural"], meta["name"],
+                                  body={"propagationPolicy": "Foreground"})
         job = label_value(ctx.token)
         for pod in list(self.cluster.pods.objects.values()):
             if (pod["metadata"].get("labels") or {}).get(JOB_LABEL) == job:

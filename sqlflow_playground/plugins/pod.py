@@ -12,7 +12,8 @@ from kubernetes.client.rest import ApiException
 
 from ..errors import BadRequest, Unavailable, Unprocessable
 from ..k8s import logs, objects
-from ..k8s.clients import api_message, cluster_failure, create_if_missing, delete_if_present
+from ..k8s.clients import (api_message, cluster_call, cluster_failure, create_if_missing,
+                           delete_if_present)
 from ..k8s.cluster import Cluster
 from ..k8s.names import hashed_name
 from .base import (FAILED, PENDING, RUNNING, SUCCEEDED, UNKNOWN, TaskContext, TaskPlugin,
@@ -120,8 +121,10 @@ class PodPlugin(TaskPlugin):
             position = logs.parse_cursor(cursor)
         except ValueError:
             raise BadRequest(f"invalid cursor {cursor!r}") from None
-        page = self.logs.read(meta["namespace"], meta["pod"], position, max_bytes, complete,
-                              follow, container=meta.get("container", JOB_CONTAINER))
+        with cluster_call("get", "pods/log", meta["namespace"]):
+            page = self.logs.read(meta["namespace"], meta["pod"], position, max_bytes,
+                                  complete, follow,
+                                  container=meta.get("container", JOB_CONTAINER))
         if page is None:
             return  # container not started yet, or already deleted: no log to read
         state.responses = [{"message": line} for line in page.lines]
@@ -129,7 +132,9 @@ class PodPlugin(TaskPlugin):
         state.more = page.more
 
     def delete(self, ctx: TaskContext, meta: Dict[str, Any]) -> None:
-        delete_if_present(self.cluster.core.delete_namespaced_pod, meta["pod"], meta["namespace"])
+        with cluster_call("delete", "pods", meta["namespace"]):
+            delete_if_present(self.cluster.core.delete_namespaced_pod, meta["pod"],
+                              meta["namespace"])
         self.logs.stop(meta["namespace"], meta["pod"])
 
     def recover(self, ctx: TaskContext, meta: Dict[str, Any]) -> Optional[str]:
