@@ -66,6 +66,9 @@ class Config:
     namespace: str = _opt("default", "Kubernetes namespace of the objects the server manages")
     mysql_image: str = _opt("mariadb:10.11", "image of the per-user MySQL pods")
     provision_timeout_s: float = _opt(180.0, "how long a MySQL pod may take to become ready")
+    pending_grace_s: float = _opt(
+        120.0, "end a create_db or a pod job whose pod stays stuck (Unschedulable, image pull) "
+        "this long, with the cluster's reason")
     reconcile_grace_s: float = _opt(
         600.0, "leave managed cluster objects younger than this alone when reconciling")
     idle_timeout_s: float = _opt(3600.0, "release a user's database after this long without a heart beat")

@@ -19,6 +19,9 @@ STALE_RELEASE_S = 300.0
 # How long a provisioning claim lasts by default (the Gateway uses the provision timeout
 # plus a margin): a replica that dies while provisioning blocks the user at most this long.
 CLAIM_TTL_S = 210.0
+# A heart beat's status for a user whose database is gone behind our back.
+LOST = "lost"
+MAX_KNOWN_RESOURCES = 100_000  # users a heart beat remembers the database of (then forgets)
 
 
 class KeyedLocks:
@@ -67,6 +70,10 @@ class PlaygroundService:
         self.claimant = f"{self.replica}/{secrets.token_hex(4)}"
         self._locks = KeyedLocks()
         self._beats: Dict[str, float] = {}
+        # user -> the resource of their database as last seen here (None: none known), so
+        # that a heart beat can tell a lost database without any I/O
+        self._resources: Dict[str, Optional[Dict[str, Any]]] = {}
+        self._learning: set = set()
         # Told (seconds, succeeded) after each provisioning: the Gateway's metrics.
         self.on_provisioned: Callable[[float, bool], None] = lambda seconds, ok: None
 
@@ -86,9 +93,10 @@ class PlaygroundService:
                 user = await self.runner.run(self.store.get_user, user_id)
                 if user is not None and user["status"] == READY:
                     if self.provisioner.is_alive(user_id, user["resource"]):
+                        self._resources[user_id] = user["resource"]
                         self.heart_beat(user_id)
                         return user, False
-                    log.warning("the database of user %s is gone; provisioning it anew", user_id)
+                    log.warning("the database of user %s is lost; provisioning it anew", user_id)
                 if user is None:
                     if await self.runner.run(self.store.begin_provisioning, user_id,
                                              self.provisioner.name, self.clock(),
@@ -138,6 +146,7 @@ class PlaygroundService:
         user = await self.runner.run(
             self.store.save_user, user_id, self.provisioner.name, provisioned.data_source,
             provisioned.resource, self.clock())
+        self._resources[user_id] = provisioned.resource
         log.info("provisioned a %s database for user %s in %.2fs",
                  self.provisioner.name, user_id, self.clock() - started)
         return user
@@ -175,9 +184,35 @@ class PlaygroundService:
                 rolled_back += 1
         return rolled_back
 
-    def heart_beat(self, user_id: str) -> None:
-        """Record that the user is alive. Costs a dict write; no I/O."""
+    def heart_beat(self, user_id: str) -> str:
+        """Record that the user is alive: "ok"; or "lost" when their database is known to be
+        gone (a dead pod), and then the beat does not count: the reaper may release it, the
+        next create_db provisions it anew. No I/O: a user not seen here yet is looked up in
+        the background, for the next beat."""
+        if user_id not in self._resources:
+            if len(self._resources) >= MAX_KNOWN_RESOURCES:
+                self._resources.clear()
+            self._resources[user_id] = None
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing to learn
+                task = asyncio.get_running_loop().create_task(self._learn_resource(user_id))
+                self._learning.add(task)
+                task.add_done_callback(self._learning.discard)
+        resource = self._resources[user_id]
+        if resource is not None and not self.provisioner.is_alive(user_id, resource):
+            return LOST
         self._beats[user_id] = self.clock()
+        return "ok"
+
+    async def _learn_resource(self, user_id: str) -> None:
+        try:
+            user = await self.runner.run(self.store.get_user, user_id)
+        except Exception:
+            self._resources.pop(user_id, None)  # asked again at the next beat
+            return
+        # Unless create_db or a release here told better meanwhile:
+        if user is not None and user["status"] == READY and \
+                user_id in self._resources and self._resources[user_id] is None:
+            self._resources[user_id] = user["resource"]
 
     async def delete_db(self, user_id: str) -> bool:
         """Release the user's database now, in whatever state it is. False if there was
@@ -265,6 +300,7 @@ class PlaygroundService:
         await self.provisioner.release(user["user_id"], user["resource"])
         await self.runner.run(self.store.delete_user, user["user_id"])
         self._beats.pop(user["user_id"], None)
+        self._resources.pop(user["user_id"], None)
         log.info("released the database of user %s: %s", user["user_id"], why)
 
     def _with_pending_beat(self, user: Dict[str, Any]) -> Dict[str, Any]:

@@ -76,7 +76,7 @@ class Gateway:
         self.cluster = None
         if config.provisioner == "kubernetes" or config.enable_pod_jobs:
             from .k8s.cluster import Cluster  # the kubernetes client loads only when needed
-            self.cluster = Cluster(config.namespace, config.kubeconfig)
+            self.cluster = Cluster(config.namespace, config.kubeconfig, config.pending_grace_s)
         self.provisioner = provisioner or make_provisioner(config, self.runner, self.cluster)
         self.metrics = Metrics(self.store)
         self.playground = PlaygroundService(

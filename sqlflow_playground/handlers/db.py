@@ -23,8 +23,12 @@ class CreateDBHandler(PlaygroundHandler):
 class HeartBeatHandler(PlaygroundHandler):
     def get(self) -> None:
         user_id = self.identity.act_for(self.query("user_id"))
-        self.playground.heart_beat(user_id)
-        self.write_json({"user_id": user_id, "status": "ok", "idle_timeout_s": self.idle_timeout_s})
+        status = self.playground.heart_beat(user_id)
+        body = {"user_id": user_id, "status": status, "idle_timeout_s": self.idle_timeout_s}
+        if status != "ok":  # 200 still: the deployed magic only GETs, and reads no body
+            body["message"] = ("the database is lost (its pod is gone or failed); "
+                               "POST /api/create_db for a new one")
+        self.write_json(body)
 
 
 class DeleteDBHandler(PlaygroundHandler):

@@ -19,9 +19,13 @@ from .reflector import ResourceReflector
 class Cluster:
     """Clients for one namespace, and watch-fed caches of the objects the server manages."""
 
-    def __init__(self, namespace: str, kubeconfig: Optional[str] = None):
+    def __init__(self, namespace: str, kubeconfig: Optional[str] = None,
+                 pending_grace_s: float = 120.0):
         self.namespace = namespace
         self.kubeconfig = kubeconfig
+        # How long a job's pod may stay stuck (Unschedulable, image pull, …) before the job
+        # ends FAILED with the cluster's reason.
+        self.pending_grace_s = pending_grace_s
         api = shared_api_client(kubeconfig)
         self.core = k8s.CoreV1Api(api)
         self.batch = k8s.BatchV1Api(api)

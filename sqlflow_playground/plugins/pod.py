@@ -25,6 +25,11 @@ CACHE_GRACE_S = 30.0
 # job's output, whatever sidecars (istio-proxy, linkerd-proxy, …) a webhook added.
 JOB_CONTAINER = "job"
 QUANTITIES = {"type": "object", "additionalProperties": {"type": ["string", "number"]}}
+# Waiting reasons of a pod on its way, not stuck.
+ON_ITS_WAY = ("", "ContainerCreating", "PodInitializing")
+# The gateway ends a job this long after its pod's own deadline would have: the kubelet's
+# DeadlineExceeded, with its exit code, comes first when the pod is on a node.
+DEADLINE_SLACK_S = 5.0
 
 
 def describe_end(pod: Dict[str, Any]) -> str:
@@ -41,11 +46,37 @@ def describe_end(pod: Dict[str, Any]) -> str:
 
 
 def waiting_reason(pod: Dict[str, Any]) -> str:
-    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+    """Why the pod is not running yet: the scheduler's (Unschedulable), else its container's
+    waiting reason (ContainerCreating, ImagePullBackOff, …) with the message."""
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return ": ".join(p for p in (cond.get("reason") or "Unschedulable",
+                                         cond.get("message")) if p)
+    for container in status.get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting")
         if waiting and waiting.get("reason"):
             return ": ".join(p for p in (waiting["reason"], waiting.get("message")) if p)
     return ""
+
+
+def overdue(pod: Dict[str, Any], created: float, pending_grace_s: float,
+            now: float) -> Optional[str]:
+    """Why a job whose pod has not ended must end now, if it must: the pod was stuck
+    (Unschedulable, an image that does not pull, …) for longer than ``pending_grace_s``
+    since ``created``, or the job outlived its timeout (``activeDeadlineSeconds``, which the
+    kubelet enforces from the pod's start, when the pod is on a node at all)."""
+    deadline = (pod.get("spec") or {}).get("activeDeadlineSeconds")
+    why = waiting_reason(pod) if (pod.get("status") or {}).get("phase") in (None, "Pending") \
+        else ""
+    if why.split(":")[0] in ON_ITS_WAY:
+        why = ""
+    if deadline and now - created > deadline + DEADLINE_SLACK_S:
+        return f"DeadlineExceeded: the job ran longer than its timeout_s ({deadline}s)" + \
+            (f"; its pod was still pending: {why}" if why else "")
+    if why and now - created > pending_grace_s:
+        return f"{why} (the pod was stuck for more than {pending_grace_s:g}s)"
+    return None
 
 
 class PodPlugin(TaskPlugin):
@@ -108,11 +139,17 @@ class PodPlugin(TaskPlugin):
             status, message = FAILED, describe_end(pod)
         else:
             status, message = PENDING, waiting_reason(pod)
+        ended = None if phase in ("Succeeded", "Failed") else overdue(
+            pod, meta["created"], self.cluster.pending_grace_s, time.time())
+        if ended:
+            status, message = FAILED, ended
         state = TaskState(status=status, message=message, cursor=cursor)
-        if status != PENDING and ctx.max_bytes > 0:
+        if phase in ("Running", "Succeeded", "Failed") and ctx.max_bytes > 0:
             # A pod being deleted is not worth a stream: it is about to end.
-            follow = not pod["metadata"].get("deletionTimestamp")
+            follow = not pod["metadata"].get("deletionTimestamp") and not ended
             self._read_log(state, meta, cursor, ctx.max_bytes, status != RUNNING, follow)
+        if ended:  # the job is over: its pod goes, and with it what it holds in the cluster
+            self.delete(ctx, meta)
         return state
 
     def _read_log(self, state: TaskState, meta: Dict[str, Any], cursor: str, max_bytes: int,

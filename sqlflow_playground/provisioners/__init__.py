@@ -22,7 +22,8 @@ def make_provisioner(config: Config, runner: BlockingRunner, cluster=None) -> Pr
     if config.provisioner == "kubernetes":
         from .kubernetes import KubernetesProvisioner
         return KubernetesProvisioner(runner, cluster, config.mysql_image,
-                                     config.provision_timeout_s)
+                                     config.provision_timeout_s,
+                                     pending_grace_s=config.pending_grace_s)
     raise ConfigError(f"unknown provisioner {config.provisioner!r}")
 
 
