@@ -70,6 +70,23 @@ def test_a_k8s_job_names_the_container_to_read(alice, sim):
     assert body["status"] == "SUCCEEDED" and len(responses) == 40, body
 
 
+def test_a_k8s_job_can_read_every_container(alice, sim):
+    sim.inject_sidecars = False
+    helper = {"name": "helper", "image": "python:3.11", "command": [PY, "-c", "print('h')"]}
+    main = {"name": "trainer", "image": "python:3.11", "command": [PY, "-c", SCRIPT]}
+    token = submit(alice, "k8s_job", {"manifest": workload(
+        {"sidecar.istio.io/inject": "true"}, [main, helper]), "all_containers": True})
+    body, responses, marks = fetch_until_eof(alice, token)
+    assert body["status"] == "SUCCEEDED" and body["eof"], body
+    assert containers_of_pods(sim) == [["trainer", "helper", "istio-proxy"]]
+    [pod] = [p["metadata"]["name"] for p in sim.list_objects("", "v1", "pods", "default")]
+    # The simulated kubelet runs a pod's first container only: the others print nothing.
+    assert [r["message"] for r in responses] == [f"[{pod}/trainer] line {i}" for i in range(40)]
+    assert len(marks) > 2
+    again = alice("GET", f"/api/jobs/{token}?since={body['next']}").body
+    assert again["responses"] == [] and again["eof"]
+
+
 def test_a_container_the_manifest_lacks_is_422_naming_the_field(alice, sim):
     resp = alice("POST", "/api/jobs", {"task_type": "k8s_job", "spec": {
         "manifest": workload(), "container": "nope"}})

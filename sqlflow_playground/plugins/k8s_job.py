@@ -7,6 +7,7 @@ cache), per pod from the program's log streams (``k8s/logfollow.py``) or read in
 so polling a job never GETs the workload, nor reads a followed pod's log again.
 """
 import base64
+import calendar
 import contextlib
 import json
 import time
@@ -23,7 +24,7 @@ from ..k8s.cluster import Cluster
 from ..k8s.names import JOB_LABEL, label_value
 from .base import (FAILED, PENDING, RUNNING, SUCCEEDED, UNKNOWN, TaskContext, TaskPlugin,
                    TaskState, is_terminal)
-from .pod import CACHE_GRACE_S
+from .pod import CACHE_GRACE_S, overdue
 
 BATCH = ("batch", "v1", "jobs")
 SUCCESS = {"Complete", "SuccessCriteriaMet", "Succeeded"}   # batch/v1 and Kubeflow
@@ -105,6 +106,14 @@ def check_container(body: Dict[str, Any], container: str) -> None:
                             f"pod templates (it has {sorted(n for n in names if n)})")
 
 
+def created_at(meta: Dict[str, Any]) -> float:
+    """An object's creationTimestamp as epoch seconds (now, if it has none)."""
+    try:
+        return calendar.timegm(time.strptime(meta["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ"))
+    except (KeyError, TypeError, ValueError):
+        return time.time()
+
+
 def encode_cursor(pods: PodCursors) -> str:
     if not pods:
         return ""
@@ -142,6 +151,8 @@ class K8sJobPlugin(TaskPlugin):
             # the container whose log is the output; default: the first that is not a
             # known sidecar (SIDECARS)
             "container": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+            # the logs of every container of every pod, "[pod/container] "-prefixed
+            "all_containers": {"type": "boolean"},
         },
     }
 
@@ -169,6 +180,8 @@ class K8sJobPlugin(TaskPlugin):
         if spec.get("container"):
             check_container(body, spec["container"])
             meta["container"] = spec["container"]
+        if spec.get("all_containers"):
+            meta["all_containers"] = True
         try:
             if (group, version, plural) == BATCH:
                 self.cluster.batch.create_namespaced_job(namespace, body)
@@ -205,24 +218,57 @@ class K8sJobPlugin(TaskPlugin):
                 status, message = UNKNOWN, "the workload is gone"
         else:
             status, message = workload_status(obj)
+        stuck = None if is_terminal(status) else self._stuck_pod(ctx)
+        if stuck:
+            status, message = FAILED, stuck
         state = TaskState(status=status, message=message, cursor=cursor)
         if ctx.max_bytes > 0:
             self._read_logs(state, ctx, meta, is_terminal(status))
+        if stuck:  # the job is over: the workload goes, and what it holds in the cluster
+            self.delete(ctx, meta)
         return state
 
-    def _read_logs(self, state: TaskState, ctx: TaskContext, meta: Dict[str, Any],
-                   ended: bool) -> None:
-        """Append the new lines of every started pod of the job, ``[pod] ``-prefixed, oldest
-        pod first, up to about ``ctx.max_bytes``; ``state.cursor`` holds one cursor per pod."""
-        positions = decode_cursor(state.cursor)
+    def _stuck_pod(self, ctx: TaskContext) -> Optional[str]:
+        """Why the job cannot go on, if one of its pods has been stuck (Unschedulable, an
+        image that does not pull, …) for longer than the pending grace since it was made."""
+        job, now = label_value(ctx.token), time.time()
+        for pod in list(self.cluster.pods.objects.values()):
+            meta = pod["metadata"]
+            if (meta.get("labels") or {}).get(JOB_LABEL) != job:
+                continue
+            why = overdue(pod, created_at(meta), self.cluster.pending_grace_s, now)
+            if why:
+                return f"[{meta['name']}] {why}"
+        return None
+
+    def _log_sources(self, ctx: TaskContext, meta: Dict[str, Any]
+                     ) -> Iterator[Tuple[str, Dict[str, Any], Optional[str], bool]]:
+        """(cursor key and prefix, pod, container, may follow) of every log the job's output
+        is made of, oldest pod first: each pod's job container (``pod``), or with
+        ``all_containers`` each of its containers (``pod/container``; only the first is
+        followed: one stream per pod)."""
         job = label_value(ctx.token)
         pods = sorted((p for p in self.cluster.pods.objects.values()
                        if (p["metadata"].get("labels") or {}).get(JOB_LABEL) == job),
                       key=lambda p: (p["metadata"].get("creationTimestamp") or "",
                                      p["metadata"]["name"]))
-        budget, more = ctx.max_bytes, False
         for pod in pods:
             name = pod["metadata"]["name"]
+            if meta.get("all_containers"):
+                names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+                for i, container in enumerate(names):
+                    yield f"{name}/{container}", pod, container, i == 0
+            else:
+                yield name, pod, job_container(pod, meta.get("container")), True
+
+    def _read_logs(self, state: TaskState, ctx: TaskContext, meta: Dict[str, Any],
+                   ended: bool) -> None:
+        """Append the new lines of every started pod of the job, ``[pod] ``-prefixed (or
+        ``[pod/container] ``), oldest pod first, up to about ``ctx.max_bytes``;
+        ``state.cursor`` holds one cursor per log."""
+        positions = decode_cursor(state.cursor)
+        budget, more = ctx.max_bytes, False
+        for name, pod, container, may_follow in self._log_sources(ctx, meta):
             phase = (pod.get("status") or {}).get("phase")
             position, done = positions.get(name, ["", 0])
             if done or (phase in (None, "Pending") and not ended):
@@ -230,12 +276,14 @@ class K8sJobPlugin(TaskPlugin):
             if budget <= 0:
                 more = True
                 break
-            follow = phase == "Running" and not pod["metadata"].get("deletionTimestamp")
+            follow = may_follow and phase == "Running" and \
+                not pod["metadata"].get("deletionTimestamp")
             # Each line gets "[pod] " in front: the page must fit the budget with it.
             with cluster_call("get", "pods/log", meta["namespace"]):
-                page = self.logs.read(meta["namespace"], name, logs.parse_cursor(position),
-                                      budget, ended or phase in POD_DONE, follow, len(name) + 3,
-                                      job_container(pod, meta.get("container")))
+                page = self.logs.read(meta["namespace"], pod["metadata"]["name"],
+                                      logs.parse_cursor(position), budget,
+                                      ended or phase in POD_DONE, follow, len(name) + 3,
+                                      container)
             if page is None:
                 continue  # container not started yet, or already deleted
             state.responses += [{"message": f"[{name}] {line}"} for line in page.lines]
