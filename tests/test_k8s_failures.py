@@ -93,14 +93,17 @@ def test_create_db_right_after_delete_db_gets_credentials_the_new_pod_accepts(
     assert create(server, front, "carol").body == {**again.body, "created": False}
 
 
-def test_create_db_on_an_unschedulable_cluster_is_a_503_naming_it_within_the_grace(
-        make_server, sim, front):
+@pytest.mark.parametrize("fault,reason", [("unschedulable", "Unschedulable"),
+                                          ("unpullable", "ErrImagePull"),
+                                          ("crashloop", "CrashLoopBackOff")])
+def test_create_db_on_a_sick_cluster_is_a_503_naming_the_reason_within_the_grace(
+        make_server, sim, front, fault, reason):
     """Finding 3 (create_db): not a silent 180 s wait ending in "not ready"."""
     server = k8s_server(make_server, sim, provision_timeout_s=120, pending_grace_s=1)
-    sim.inject({}, "unschedulable")
+    sim.inject({}, fault)
     started = time.monotonic()
     resp = create(server, front, "dave")
-    assert resp.status == 503 and "Unschedulable" in resp.body["error"]["message"], resp.body
+    assert resp.status == 503 and reason in resp.body["error"]["message"], resp.body
     assert time.monotonic() - started < 30  # the grace, not the provision timeout
     assert wait_until(lambda: not any(objects_of(sim, plural) for plural in KINDS))
     sim.clear_faults()
@@ -190,3 +193,20 @@ def test_an_unpullable_pod_fails_by_its_deadline_in_the_simulator_too(make_serve
         "stuck", "u", "t", "unpullable/x:1", timeout_s=1))
     assert wait_until(lambda: (sim.get_object("", "v1", "pods", "default", "stuck")["status"]
                                .get("reason")) == "DeadlineExceeded")
+
+
+def test_a_k8s_job_whose_pod_is_stuck_fails_naming_the_pod_and_reason(make_server, sim, certs):
+    """Findings 3 and 4 (workloads): a Job's pod that never starts ends the job."""
+    server = pod_server(make_server, sim, pending_grace_s=2)
+    alice = client_context(certs.dir, "alice")
+    manifest = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "train"},
+                "spec": {"backoffLimit": 0, "template": {"spec": {"containers": [{
+                    "name": "worker", "image": "unpullable/trainer:1",
+                    "command": [PY, "-c", "print('never')"]}]}}}}
+    resp = request(server.port, alice, "POST", "/api/jobs",
+                   {"task_type": "k8s_job", "spec": {"manifest": manifest}})
+    assert resp.status == 201, resp.body
+    body = until_done(server, alice, resp.body["token"])
+    assert body["status"] == "FAILED" and "ImagePullBackOff" in body["message"], body
+    assert wait_until(lambda: not objects_of(sim, "pods")
+                      and not sim.list_objects("batch", "v1", "jobs", "default"))

@@ -7,6 +7,7 @@ cache), per pod from the program's log streams (``k8s/logfollow.py``) or read in
 so polling a job never GETs the workload, nor reads a followed pod's log again.
 """
 import base64
+import calendar
 import contextlib
 import json
 import time
@@ -23,7 +24,7 @@ from ..k8s.cluster import Cluster
 from ..k8s.names import JOB_LABEL, label_value
 from .base import (FAILED, PENDING, RUNNING, SUCCEEDED, UNKNOWN, TaskContext, TaskPlugin,
                    TaskState, is_terminal)
-from .pod import CACHE_GRACE_S
+from .pod import CACHE_GRACE_S, overdue
 
 BATCH = ("batch", "v1", "jobs")
 SUCCESS = {"Complete", "SuccessCriteriaMet", "Succeeded"}   # batch/v1 and Kubeflow
@@ -103,6 +104,14 @@ def check_container(body: Dict[str, Any], container: str) -> None:
     if container not in names:
         raise Unprocessable(f"spec['container']: no container {container!r} in the manifest's "
                             f"pod templates (it has {sorted(n for n in names if n)})")
+
+
+def created_at(meta: Dict[str, Any]) -> float:
+    """An object's creationTimestamp as epoch seconds (now, if it has none)."""
+    try:
+        return calendar.timegm(time.strptime(meta["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ"))
+    except (KeyError, TypeError, ValueError):
+        return time.time()
 
 
 def encode_cursor(pods: PodCursors) -> str:
@@ -209,10 +218,28 @@ class K8sJobPlugin(TaskPlugin):
                 status, message = UNKNOWN, "the workload is gone"
         else:
             status, message = workload_status(obj)
+        stuck = None if is_terminal(status) else self._stuck_pod(ctx)
+        if stuck:
+            status, message = FAILED, stuck
         state = TaskState(status=status, message=message, cursor=cursor)
         if ctx.max_bytes > 0:
             self._read_logs(state, ctx, meta, is_terminal(status))
+        if stuck:  # the job is over: the workload goes, and what it holds in the cluster
+            self.delete(ctx, meta)
         return state
+
+    def _stuck_pod(self, ctx: TaskContext) -> Optional[str]:
+        """Why the job cannot go on, if one of its pods has been stuck (Unschedulable, an
+        image that does not pull, …) for longer than the pending grace since it was made."""
+        job, now = label_value(ctx.token), time.time()
+        for pod in list(self.cluster.pods.objects.values()):
+            meta = pod["metadata"]
+            if (meta.get("labels") or {}).get(JOB_LABEL) != job:
+                continue
+            why = overdue(pod, created_at(meta), self.cluster.pending_grace_s, now)
+            if why:
+                return f"[{meta['name']}] {why}"
+        return None
 
     def _log_sources(self, ctx: TaskContext, meta: Dict[str, Any]
                      ) -> Iterator[Tuple[str, Dict[str, Any], Optional[str], bool]]:
