@@ -46,7 +46,7 @@ def mysql_pod(sim):
     return pod
 
 
-@pytest.mark.parametrize("fault", ["evicted", "crashloop"])
+@pytest.mark.parametrize("fault", ["evicted", "crashloop", "oomkilled"])
 def test_a_dead_mysql_pod_is_a_lost_database_provisioned_afresh(make_server, sim, front,
                                                                  fault):
     """Finding 1: an evicted or crash-looping pod no longer counts as a database."""
@@ -69,15 +69,20 @@ def test_a_dead_mysql_pod_is_a_lost_database_provisioned_afresh(make_server, sim
     assert create(server, front, "bob").body == {**again.body, "created": False}
 
 
-def test_create_db_right_after_delete_db_gets_credentials_the_new_pod_accepts(
-        make_server, sim, front):
+@pytest.mark.parametrize("release", ["delete_db", "idle"])
+def test_create_db_right_after_a_release_gets_credentials_the_new_pod_accepts(
+        make_server, sim, front, release):
     """Finding 2: the old pod takes 3 s to stop; nothing of the new one is owned by it."""
     sim.mysql_shutdown_s = 3.0
-    server = k8s_server(make_server, sim)
+    server = k8s_server(make_server, sim, idle_timeout_s=1)
     assert create(server, front, "carol").status == 200
     old_uid = mysql_pod(sim)["metadata"]["uid"]
-    assert request(server.port, front, "POST", "/api/delete_db",
-                   {"user_id": "carol"}).body["released"] is True
+    if release == "delete_db":
+        assert request(server.port, front, "POST", "/api/delete_db",
+                       {"user_id": "carol"}).body["released"] is True
+    else:  # the user comes back right after the reaper released their idle database
+        time.sleep(1.5)
+        assert server.call(server.gateway.playground.reap_idle()) == ["carol"]
     assert mysql_pod(sim)["metadata"].get("deletionTimestamp")  # still terminating
 
     again = create(server, front, "carol")
@@ -95,7 +100,8 @@ def test_create_db_right_after_delete_db_gets_credentials_the_new_pod_accepts(
 
 @pytest.mark.parametrize("fault,reason", [("unschedulable", "Unschedulable"),
                                           ("unpullable", "ErrImagePull"),
-                                          ("crashloop", "CrashLoopBackOff")])
+                                          ("crashloop", "CrashLoopBackOff"),
+                                          ("oomkilled", "OOMKilled")])
 def test_create_db_on_a_sick_cluster_is_a_503_naming_the_reason_within_the_grace(
         make_server, sim, front, fault, reason):
     """Finding 3 (create_db): not a silent 180 s wait ending in "not ready"."""

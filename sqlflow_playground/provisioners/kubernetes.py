@@ -58,7 +58,11 @@ def pod_trouble(pod: Optional[Dict[str, Any]]) -> Optional[str]:
     for container in status.get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in HOPELESS:
-            return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+            why = f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+            last = (container.get("lastState") or {}).get("terminated") or {}
+            if last.get("reason"):  # what the crash loop is made of: OOMKilled, Error, …
+                why += f" (last ended: {last['reason']}, exit code {last.get('exitCode')})"
+            return why
     return None
 
 

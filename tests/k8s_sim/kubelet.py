@@ -18,7 +18,8 @@ deleted. Deleting a running pod sends SIGTERM to its group, SIGKILL after the gr
 Faults (``faults``: standing rules the simulator's ``inject`` adds): ``unschedulable`` pods
 stay Pending with ``PodScheduled=False``, reason ``Unschedulable``; ``unpullable`` images (and
 any named ``unpullable/...``) wait in ``ErrImagePull`` then ``ImagePullBackOff``; a
-``crashloop`` MySQL pod's mysqld exits at once, again and again (``CrashLoopBackOff``).
+``crashloop`` MySQL pod's mysqld exits at once, again and again (``CrashLoopBackOff``), and
+an ``oomkilled`` one is killed so (exit 137, ``OOMKilled``), as its restart policy is Always.
 """
 import asyncio
 import copy
@@ -221,32 +222,40 @@ class Kubelet:
 
     async def _mysqld(self, r: PodRuntime, env: Dict[str, str], ip: str) -> None:
         """A fake mysqld: up after ``mysql_ready_delay`` with the credentials of ``env``,
-        until stopped; a ``crashloop`` fault makes it exit at once, and restart."""
+        until stopped; a ``crashloop`` (``oomkilled``) fault makes it exit (be killed) at once,
+        and restart."""
         restarts, last_state = 0, None
         while not r.done:
             started_at = time.time()
             r.started = True
             self._write(r, lambda p: podstatus.running(p, ip, started_at, False, restarts,
                                                        last_state))
-            if not self.has_fault(self._pod(r), "crashloop"):
+            if not self._crashes(r):
                 await self._nap(r, self.mysql_ready_delay)
-                if r.done or self.has_fault(self._pod(r), "crashloop"):
+                if r.done or self._crashes(r):
                     continue
                 r.mysql_env = env
                 self._write(r, lambda p: podstatus.running(p, ip, started_at, True, restarts,
                                                            last_state))
-                while not r.done and not self.has_fault(self._pod(r), "crashloop"):
+                while not r.done and not self._crashes(r):
                     await self._nap(r, 3600)
                 r.mysql_env = None
                 if r.done:
                     return
             restarts += 1
-            last_state = podstatus.terminated_state(1, "Error", started_at)
+            last_state = podstatus.terminated_state(*self._crashes(r), started_at)
             delay = min(self.restart_backoff_s * 2 ** (restarts - 1), 5.0)
             self._write(r, lambda p: podstatus.waiting(
                 p, "CrashLoopBackOff", f"back-off {delay:g}s restarting failed container="
                 f"mysql pod={r.name}_{r.namespace}({r.uid})", restarts, last_state))
             await self._nap(r, delay)
+
+    def _crashes(self, r: PodRuntime) -> Optional[tuple]:
+        """(exit code, reason) with which a fake mysqld dies now, if a fault says so."""
+        pod = self._pod(r)
+        if self.has_fault(pod, "oomkilled"):
+            return 137, "OOMKilled"
+        return (1, "Error") if self.has_fault(pod, "crashloop") else None
 
     async def _run_container(self, r: PodRuntime, pod: Dict[str, Any], env: Dict[str, str],
                              ip: str, restarts: int, last_state: Optional[dict]) -> tuple:

@@ -9,8 +9,9 @@ hooks (``fail_pod``, ``set_status``, ``compact``, …) are thread-safe: they run
 
 Fault injection: ``inject(target, fault)`` with a pod name (that pod) or a label selector
 (a dict; ``{}`` is every pod, now and later) — ``unschedulable``, ``unpullable`` and
-``crashloop`` are standing rules, until ``clear_faults()``; ``evicted`` and
-``oomkilled`` hit the matching pods now. Images named ``unpullable/...`` never pull.
+``crashloop`` are standing rules, until ``clear_faults()``; ``evicted`` hits the matching
+pods now, and so does ``oomkilled`` (Failed), except MySQL pods: their restart policy
+restarts them, and they are killed again, until ``clear_faults()`` (``CrashLoopBackOff``). Images named ``unpullable/...`` never pull.
 ``mysql_shutdown_s`` is how long a MySQL pod stays Terminating after its deletion (within
 its grace period), and ``mysql_refusal(data_source)`` says whether the MySQL server behind a
 data source's host would accept its credentials.
@@ -251,14 +252,20 @@ class KubeSimulator:
                 return all(labels.get(k) == v for k, v in target.items())
 
             hit = [p for p in self.store.items(PODS, namespace) if matches(p)]
-            if fault in ("evicted", "oomkilled"):
-                for pod in hit:
-                    self._fail_now(pod, fault)
-            else:
+            if fault != "evicted":  # oomkilled: MySQL pods restart (and are killed again)
                 self.kubelet.faults.append((matches, fault))
                 self.kubelet.poke()
+            if fault in ("evicted", "oomkilled"):
+                for pod in hit:
+                    if fault == "evicted" or not self._is_mysql(pod):
+                        self._fail_now(pod, fault)
             return len(hit)
         return self.call(add)
+
+    @staticmethod
+    def _is_mysql(pod: Dict[str, Any]) -> bool:
+        image = pod["spec"]["containers"][0]["image"]
+        return "mysql" in image or "mariadb" in image
 
     def _fail_now(self, pod: Dict[str, Any], fault: str) -> None:
         r = self.kubelet.runtime(pod["metadata"]["namespace"], pod["metadata"]["name"])
