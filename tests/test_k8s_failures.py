@@ -216,3 +216,15 @@ def test_a_k8s_job_whose_pod_is_stuck_fails_naming_the_pod_and_reason(make_serve
     assert body["status"] == "FAILED" and "ImagePullBackOff" in body["message"], body
     assert wait_until(lambda: not objects_of(sim, "pods")
                       and not sim.list_objects("batch", "v1", "jobs", "default"))
+
+
+def test_a_stuck_pod_job_ends_failed_even_if_its_pod_cannot_be_deleted(make_server, sim, certs):
+    """The end is recorded whatever the cluster says to the clean-up."""
+    server = pod_server(make_server, sim, pending_grace_s=1)
+    alice = client_context(certs.dir, "alice")
+    sim.faults = {("delete", "pods"): 403}  # the API server refuses every pod deletion
+    token = submit(server, alice, "unpullable/nothing:1").body["token"]
+    body = until_done(server, alice, token)
+    assert body["status"] == "FAILED" and "ImagePullBackOff" in body["message"], body
+    assert len(objects_of(sim, "pods")) == 1
+    sim.faults = {}

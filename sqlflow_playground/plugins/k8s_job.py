@@ -24,7 +24,7 @@ from ..k8s.cluster import Cluster
 from ..k8s.names import JOB_LABEL, label_value
 from .base import (FAILED, PENDING, RUNNING, SUCCEEDED, UNKNOWN, TaskContext, TaskPlugin,
                    TaskState, is_terminal)
-from .pod import CACHE_GRACE_S, overdue
+from .pod import CACHE_GRACE_S, delete_quietly, overdue
 
 BATCH = ("batch", "v1", "jobs")
 SUCCESS = {"Complete", "SuccessCriteriaMet", "Succeeded"}   # batch/v1 and Kubeflow
@@ -225,7 +225,7 @@ class K8sJobPlugin(TaskPlugin):
         if ctx.max_bytes > 0:
             self._read_logs(state, ctx, meta, is_terminal(status))
         if stuck:  # the job is over: the workload goes, and what it holds in the cluster
-            self.delete(ctx, meta)
+            delete_quietly(self, ctx, meta)
         return state
 
     def _stuck_pod(self, ctx: TaskContext) -> Optional[str]:

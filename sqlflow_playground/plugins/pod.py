@@ -5,6 +5,7 @@ nothing; the log, once the pod has started, comes from the program's one stream 
 pod (``k8s/logfollow.py``), or is read from the API incrementally where that stream cannot
 answer (``k8s/logs.py``).
 """
+import logging
 import time
 from typing import Any, Dict, Optional
 
@@ -18,6 +19,8 @@ from ..k8s.cluster import Cluster
 from ..k8s.names import hashed_name
 from .base import (FAILED, PENDING, RUNNING, SUCCEEDED, UNKNOWN, TaskContext, TaskPlugin,
                    TaskState)
+
+log = logging.getLogger(__name__)
 
 # A pod not yet in the cache this soon after creation is on its way, not lost.
 CACHE_GRACE_S = 30.0
@@ -77,6 +80,16 @@ def overdue(pod: Dict[str, Any], created: float, pending_grace_s: float,
     if why and now - created > pending_grace_s:
         return f"{why} (the pod was stuck for more than {pending_grace_s:g}s)"
     return None
+
+
+def delete_quietly(plugin: TaskPlugin, ctx: TaskContext, meta: Dict[str, Any]) -> None:
+    """``plugin.delete`` for a job that has just ended: a failure is logged, not raised, so
+    that the end is recorded all the same (what the job holds then goes when it is purged)."""
+    try:
+        plugin.delete(ctx, meta)
+    except Exception as e:
+        log.warning("could not delete the cluster objects of job %s… (%s); they go when "
+                    "the job is purged", ctx.token[:8], getattr(e, "message", type(e).__name__))
 
 
 class PodPlugin(TaskPlugin):
@@ -149,7 +162,7 @@ class PodPlugin(TaskPlugin):
             follow = not pod["metadata"].get("deletionTimestamp") and not ended
             self._read_log(state, meta, cursor, ctx.max_bytes, status != RUNNING, follow)
         if ended:  # the job is over: its pod goes, and with it what it holds in the cluster
-            self.delete(ctx, meta)
+            delete_quietly(self, ctx, meta)
         return state
 
     def _read_log(self, state: TaskState, meta: Dict[str, Any], cursor: str, max_bytes: int,
