@@ -30,9 +30,12 @@ from .base import Provisioned, Provisioner
 log = logging.getLogger(__name__)
 
 MYSQL_USER, DATABASE = "sqlflow", "playground"
-# Waiting reasons after which a pod will not become ready by itself.
+# Waiting reasons after which a pod will not become ready by itself. Not among them:
+# CreateContainerConfigError, which every MySQL pod may show for a moment (its Secret is
+# made just after it, to be owned by it) and which the kubelet retries; a pod that stays
+# in it is reported once it has waited longer than the pending grace (pod_stuck).
 HOPELESS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
-            "CreateContainerError", "CreateContainerConfigError"}
+            "CreateContainerError"}
 # Waiting reasons of a pod on its way: not worth reporting.
 ON_ITS_WAY = {"ContainerCreating", "PodInitializing"}
 
