@@ -111,6 +111,10 @@ def test_create_db_on_a_sick_cluster_is_a_503_naming_the_reason_within_the_grace
     resp = create(server, front, "dave")
     assert resp.status == 503 and reason in resp.body["error"]["message"], resp.body
     assert time.monotonic() - started < 30  # the grace, not the provision timeout
+    warned = {e["reason"] for e in sim.list_objects("", "v1", "events", "default")
+              if e["type"] == "Warning"}  # what kubectl describe pod shows
+    assert warned >= {"FailedScheduling" if fault == "unschedulable" else
+                      "Failed" if fault == "unpullable" else "BackOff"}
     assert wait_until(lambda: not any(objects_of(sim, plural) for plural in KINDS))
     sim.clear_faults()
     assert create(server, front, "dave").status == 200  # and a retry starts clean

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 from . import podstatus
+from .events import record_event
 from .environment import ConfigError, container_environment
 from .logs import ContainerLog, pump
 from .resources import PODS
@@ -90,6 +91,14 @@ class Kubelet:
         """Faults changed: every pod looks again."""
         for r in self.pods.values():
             r.wake.set()
+
+    def _warn(self, r: PodRuntime, reason: str, message: str,
+               component: str = "kubelet") -> None:
+        """A Warning Event about the pod, as ``kubectl describe pod`` lists them."""
+        pod = self._pod(r)
+        if pod is not None:
+            record_event(self.store, r.namespace, pod, reason, message, "Warning", component,
+                         None if component == "default-scheduler" else self.node_name)
 
     async def _nap(self, r: PodRuntime, seconds: float) -> None:
         """Sleep, cut short by a fault injected or the pod stopping."""
@@ -202,22 +211,25 @@ class Kubelet:
             if not self.has_fault(pod, "unschedulable"):
                 return self._write(r, lambda p: podstatus.scheduled(p, self.node_name))
             if not reported:
-                reported = self._write(r, lambda p: podstatus.unschedulable(
-                    p, "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes "
-                    "are available: 1 No preemption victims found for incoming pod."))
+                why = ("0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are "
+                       "available: 1 No preemption victims found for incoming pod.")
+                reported = self._write(r, lambda p: podstatus.unschedulable(p, why))
+                self._warn(r, "FailedScheduling", why, "default-scheduler")
             await self._nap(r, 1.0)
         return False
 
     async def _pull_fails(self, r: PodRuntime, image: str) -> None:
         """ErrImagePull, then ImagePullBackOff for good; the pod stays Pending (its
         deadline, if any, still ends it)."""
-        self._write(r, lambda p: podstatus.waiting(
-            p, "ErrImagePull", f'failed to pull and unpack image "docker.io/{image}": failed '
-            f'to resolve reference "docker.io/{image}": pull access denied, repository does '
-            'not exist or may require authorization'))
+        why = (f'failed to pull and unpack image "docker.io/{image}": failed to resolve '
+               f'reference "docker.io/{image}": pull access denied, repository does not exist '
+               'or may require authorization')
+        self._write(r, lambda p: podstatus.waiting(p, "ErrImagePull", why))
+        self._warn(r, "Failed", f'Failed to pull image "{image}": {why}')
         await self._nap(r, self.restart_backoff_s)
         self._write(r, lambda p: podstatus.waiting(
             p, "ImagePullBackOff", f'Back-off pulling image "{image}"'))
+        self._warn(r, "BackOff", f'Back-off pulling image "{image}"')
         r.done = True  # nothing more happens by itself
 
     async def _mysqld(self, r: PodRuntime, env: Dict[str, str], ip: str) -> None:
@@ -248,6 +260,8 @@ class Kubelet:
             self._write(r, lambda p: podstatus.waiting(
                 p, "CrashLoopBackOff", f"back-off {delay:g}s restarting failed container="
                 f"mysql pod={r.name}_{r.namespace}({r.uid})", restarts, last_state))
+            self._warn(r, "BackOff", "Back-off restarting failed container mysql in pod "
+                       f"{r.name}_{r.namespace}({r.uid})")
             await self._nap(r, delay)
 
     def _crashes(self, r: PodRuntime) -> Optional[tuple]:
@@ -350,6 +364,8 @@ class Kubelet:
         r.final = True
         self._kill(r, signal.SIGKILL)
         pod_reason = reason if reason in POD_LEVEL_REASONS else None
+        if reason == "Evicted":
+            self._warn(r, "Evicted", message or reason)
         start = time.time() if started else None
         state = podstatus.terminated_state(code, container_reason, start, r.kill_reason[2]) \
             if started or pod_reason is None else podstatus.container_state(pod) \
