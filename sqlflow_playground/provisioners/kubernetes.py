@@ -210,28 +210,30 @@ class KubernetesProvisioner(Provisioner):
         """Until the pod ``uid`` is ready; a 503 with the cluster's reason (objects deleted)
         as soon as it is hopeless, once it is stuck (Unschedulable, …) past the pending
         grace, or at the deadline."""
+        def ours(pod: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+            # The cache may not have the new pod yet, or still have an older one.
+            return pod if pod is not None and pod["metadata"]["uid"] == uid else None
+
         def settled(pod: Optional[Dict[str, Any]]) -> bool:
-            return pod is None or pod["metadata"]["uid"] != uid or pod_ready(pod) \
-                or bool(mysql_pod_lost(pod))
+            pod = ours(pod)
+            return pod is not None and (pod_ready(pod) or bool(mysql_pod_lost(pod)))
 
         stuck_at = time.monotonic() + self.pending_grace_s
         while True:
             now = time.monotonic()
             until = min(deadline, stuck_at) if now < stuck_at else deadline
             try:
-                pod = await self.pods.wait_for(name, settled, max(0.0, until - now))
+                pod = ours(await self.pods.wait_for(name, settled, max(0.0, until - now)))
             except asyncio.TimeoutError:
-                pod = self.pods.get(name)
-                why = pod_stuck(pod)
+                why = pod_stuck(ours(self.pods.get(name)))
                 if time.monotonic() >= deadline:
                     why = why or f"not ready after {self.provision_timeout_s:g}s"
                 if not why:
                     continue  # on its way after the pending grace: wait on to the deadline
                 break
-            if pod is not None and pod["metadata"]["uid"] == uid and pod_ready(pod) \
-                    and not mysql_pod_lost(pod):
-                return
-            why = mysql_pod_lost(pod if pod is None or pod["metadata"]["uid"] == uid else None)
+            why = mysql_pod_lost(pod)
+            if not why:
+                return  # ready
             break
         # Start clean next time rather than leave a broken pod behind.
         await self.release(user_id, {"pod": name, "secret": name, "service": name})
