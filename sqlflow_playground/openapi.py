@@ -67,7 +67,9 @@ SCHEMAS: Dict[str, Schema] = {
     "CreateDB": obj(["data_source", "user_id", "created", "idle_timeout_s"], data_source=STR,
                     user_id=STR, created=BOOL, idle_timeout_s=NUM),
     "HeartBeat": obj(["user_id", "status", "idle_timeout_s"], user_id=STR,
-                     status={"const": "ok"}, idle_timeout_s=NUM),
+                     status={"enum": ["ok", "lost"], "description":
+                             "lost: the database's pod died; call /api/create_db for a new one"},
+                     message=STR, idle_timeout_s=NUM),
     "DeleteDB": obj(["user_id", "released"], user_id=STR, released=BOOL),
     "UserSummary": obj(USER_SUMMARY, **USER_SUMMARY),
     "User": obj([*USER_SUMMARY, "data_source", "idle_timeout_s", "jobs"], **USER_SUMMARY,

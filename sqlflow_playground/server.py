@@ -125,8 +125,14 @@ class Gateway:
     async def start(self) -> None:
         await self.provisioner.check()
         if self.cluster is not None:
+            from kubernetes.client.rest import ApiException
+            from .k8s.clients import api_message, cluster_failure
             try:
                 await self.runner.run(self.cluster.start)
+            except ApiException as e:
+                raise cluster_failure(e, "list", "pods", self.cluster.namespace) or \
+                    Unavailable(f"the Kubernetes API refused to list pods: {api_message(e)}") \
+                    from None
             except Exception as e:
                 raise Unavailable(f"cannot reach the Kubernetes API: {e}") from None
         await self.jobs.renew_lease()  # before anything: other replicas must see us alive

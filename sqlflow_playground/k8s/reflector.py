@@ -43,6 +43,10 @@ class ResourceReflector:
         self.objects: Dict[str, Obj] = {}
         self.resource_version: Optional[str] = None
         self.first_load = threading.Event()
+        # Set once the first list succeeded or was refused (401/403: no retry will help
+        # until the Role changes); ``refused`` is that refusal, until a list succeeds.
+        self._settled = threading.Event()
+        self.refused: Optional[ApiException] = None
         self.relists = 0  # how often a full list was needed (410s and errors)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -57,8 +61,11 @@ class ResourceReflector:
         with self._lock:
             if not self._thread.is_alive() and not self._stopping.is_set():
                 self._thread.start()
-        if not self.first_load.wait(timeout_s):
+        if not self._settled.wait(timeout_s):
             raise TimeoutError(f"could not list {self.kind} within {timeout_s:g}s")
+        refused = self.refused
+        if not self.first_load.is_set() and refused is not None:
+            raise refused  # ApiException 401/403: the caller words it (clients.cluster_failure)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -108,6 +115,9 @@ class ResourceReflector:
                     log.info("%s watch expired (410 Gone); re-listing", self.kind)
                     self.resource_version = None
                     continue
+                if e.status in (401, 403) and not self.first_load.is_set():
+                    self.refused = e
+                    self._settled.set()
                 backoff = self._pause(backoff, f"API error {e.status} {e.reason}")
             except Exception as e:
                 if self._stopping.is_set():
@@ -129,7 +139,9 @@ class ResourceReflector:
             self.objects = fresh
             self.resource_version = body["metadata"]["resourceVersion"]
         self.relists += 1
+        self.refused = None
         self.first_load.set()
+        self._settled.set()
         self._notify()
 
     def _watch(self) -> None:

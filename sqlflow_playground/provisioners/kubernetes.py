@@ -22,7 +22,7 @@ from kubernetes.client.rest import ApiException
 
 from ..errors import Unavailable
 from ..k8s import objects
-from ..k8s.clients import create_if_missing, delete_if_present
+from ..k8s.clients import cluster_failure, create_if_missing, delete_if_present
 from ..k8s.cluster import Cluster
 from ..k8s.names import dns_label
 from .base import Provisioned, Provisioner
@@ -115,6 +115,9 @@ class KubernetesProvisioner(Provisioner):
         if not self.pods.first_load.is_set():
             try:
                 await self.runner.run(self.cluster.start)
+            except ApiException as e:
+                raise cluster_failure(e, "list", "pods", self.namespace) or Unavailable(
+                    f"the Kubernetes API refused to list pods: {e.status} {e.reason}") from None
             except Exception as e:
                 raise Unavailable(f"cannot reach the Kubernetes API: {e}") from None
 
