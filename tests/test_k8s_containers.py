@@ -125,3 +125,12 @@ def test_ttl_seconds_after_finished_is_422_naming_the_field(alice, sim, where):
     assert f"{where}.ttlSecondsAfterFinished" in resp.body["error"]["message"]
     assert sim.list_objects("batch", "v1", "jobs", "default") == []
     assert sim.list_objects("kubeflow.org", "v1", "pytorchjobs", "default") == []
+
+
+def test_a_failed_pod_job_names_its_own_containers_end_not_a_sidecars():
+    from sqlflow_playground.plugins.pod import describe_end
+    pod = {"status": {"phase": "Failed", "containerStatuses": [
+        {"name": "istio-proxy", "state": {"terminated": {"reason": "Completed", "exitCode": 0}}},
+        {"name": "job", "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}}
+    assert describe_end(pod) == "OOMKilled, exit code 137"
+    assert describe_end(pod, "istio-proxy") == "Completed, exit code 0"

@@ -35,16 +35,18 @@ ON_ITS_WAY = ("", "ContainerCreating", "PodInitializing")
 DEADLINE_SLACK_S = 5.0
 
 
-def describe_end(pod: Dict[str, Any]) -> str:
+def describe_end(pod: Dict[str, Any], container: str = JOB_CONTAINER) -> str:
     """Why the pod ended: the pod's own reason (DeadlineExceeded, Evicted) first, then its
-    container's (OOMKilled, Error) with the exit code."""
+    container's (OOMKilled, Error) with the exit code: the job's own container, not a
+    sidecar's, when it has ended; else the first that has."""
     status = pod.get("status") or {}
     parts = [": ".join(p for p in (status.get("reason"), status.get("message")) if p)]
-    for container in status.get("containerStatuses") or []:
-        ended = (container.get("state") or {}).get("terminated")
-        if ended:
-            parts.append(f"{ended.get('reason') or 'Terminated'}, exit code {ended.get('exitCode')}")
-            break
+    ended = [(c.get("name"), (c.get("state") or {}).get("terminated"))
+             for c in status.get("containerStatuses") or []]
+    ended = sorted((e for e in ended if e[1]), key=lambda e: e[0] != container)
+    if ended:
+        state = ended[0][1]
+        parts.append(f"{state.get('reason') or 'Terminated'}, exit code {state.get('exitCode')}")
     return "; ".join(p for p in parts if p) or "Failed"
 
 
@@ -149,7 +151,7 @@ class PodPlugin(TaskPlugin):
         elif phase == "Succeeded":
             status, message = SUCCEEDED, "Completed, exit code 0"
         elif phase == "Failed":
-            status, message = FAILED, describe_end(pod)
+            status, message = FAILED, describe_end(pod, meta.get("container", JOB_CONTAINER))
         else:
             status, message = PENDING, waiting_reason(pod)
         ended = None if phase in ("Succeeded", "Failed") else overdue(
