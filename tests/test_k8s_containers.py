@@ -40,7 +40,7 @@ def test_a_pod_job_with_an_injected_sidecar_reads_its_own_container(alice, sim):
     assert containers_of_pods(sim) == [["job", "istio-proxy"]]
     assert body["status"] == "SUCCEEDED" and body["eof"], body
     assert [r["message"] for r in responses] == [f"line {i}" for i in range(40)]
-    assert len(marks) > 2  # paged, and eof only once everything was read
+    assert len(marks) >= 2  # paged (40 lines never fit one 200-byte page), eof at the end
 
 
 def workload(annotations=None, containers=None):
