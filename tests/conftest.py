@@ -249,15 +249,20 @@ def admin_connect():
                            connect_timeout=3, autocommit=True)
 
 
+def missing(message: str) -> None:
+    """A service or tool the test needs is absent: under CI=true the test fails (.ci/run
+    installs and starts everything); elsewhere it is skipped, saying how to run it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message + " (install or start it, or run under CI=true to make this fail)")
+
+
 @pytest.fixture(scope="session")
 def mariadb():
     try:
         admin_connect().close()
     except pymysql.MySQLError as e:
-        message = f"MariaDB is not reachable on 127.0.0.1:3306: {e}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message + " (start it, or run under CI=true to make this fail)")
+        missing(f"MariaDB is not reachable on 127.0.0.1:3306: {e}")
     return DSN
 
 
@@ -277,10 +282,7 @@ def postgres():
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError as e:
-        message = f"PostgreSQL is not reachable on 127.0.0.1:5432: {e.orig}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message + " (start it, or run under CI=true to make this fail)")
+        missing(f"PostgreSQL is not reachable on 127.0.0.1:5432: {e.orig}")
     finally:
         engine.dispose()
     return POSTGRES_URL
