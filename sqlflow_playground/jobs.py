@@ -554,8 +554,7 @@ class JobService:
         plugin = self.registry.get(job["task_type"], job["version"])
         if plugin.runs_locally and job["replica"] != self.settings.replica \
                 and _shippable(plugin):
-            return Probe(functools.partial(self._remote_page, job, plugin, cursor, max_bytes),
-                         True)
+            return Probe(self._remote_probe(job, plugin, cursor, max_bytes), True)
         self._require_here(plugin, job)
         ctx = self._context(job, max_bytes=max_bytes)
         if inspect.iscoroutinefunction(plugin.get):
@@ -564,11 +563,21 @@ class JobService:
         get = functools.partial(_page, plugin.get) if max_bytes > 0 else plugin.get
         return Probe(functools.partial(get, ctx, job["meta"], cursor), True)
 
-    def _remote_page(self, job: Dict[str, Any], plugin, cursor: str,
+    def _remote_probe(self, job: Dict[str, Any], plugin, cursor: str,
+                      max_bytes: int) -> Callable[[], TaskState]:
+        """``_remote_page`` as a probe: the first look uses ``job``, the row just read
+        from the store; a long poll's later looks read it again, for news."""
+        first = [job]
+
+        def page() -> TaskState:
+            row = first.pop() if first else (self.store.get_job(job["token"]) or job)
+            return self._remote_page(row, plugin, cursor, max_bytes)
+        return page
+
+    def _remote_page(self, row: Dict[str, Any], plugin, cursor: str,
                      max_bytes: int) -> TaskState:
         """Blocking: a page of a job another replica runs, from the output it shipped
-        (mirrored here, read by the plugin's own reader), its status from the store."""
-        row = self.store.get_job(job["token"]) or job
+        (mirrored here, read by the plugin's own reader), its status from ``row``."""
         state = TaskState(status=row["status"], message=row["message"], cursor=cursor,
                           outputs=row["outputs"] or {})
         state.from_store = row

@@ -398,12 +398,13 @@ class Store:
                 .where(job_output.c.offset < end)
                 .where(job_output.c.offset + job_output.c.size > start)
                 .order_by(job_output.c.offset))
-        parts = []
+        parts, at = [], start
         with self.engine.connect() as conn:
             for offset, data in conn.execute(stmt):
-                if offset > start + sum(len(p) for p in parts):
+                if offset > at:
                     break  # a gap: never, but never read past one either
                 parts.append(bytes(data)[max(0, start - offset):end - offset])
+                at = offset + len(data)
         return b"".join(parts)
 
     # -- replica leases --------------------------------------------------------

@@ -207,6 +207,17 @@ def fetch_until_eof(fetch, token, cursor="", wait=5, timeout=60):
     raise AssertionError("job did not finish")
 
 
+def run_sql(fetch, sql, user_id=None):
+    """Submit a `sql` job and follow it to eof: (last page, every response)."""
+    body = {"task_type": "sql", "spec": {"sql": sql}}
+    if user_id:
+        body["user_id"] = user_id
+    created = fetch("POST", "/api/jobs", body)
+    assert created.status == 201, created.body
+    page, responses, _ = fetch_until_eof(fetch, created.body["token"], timeout=60)
+    return page, responses
+
+
 # -- Kubernetes ------------------------------------------------------------------
 
 @pytest.fixture

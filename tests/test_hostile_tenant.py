@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import (DATA_SOURCE_RE, RunningServer, admin_connect, client_context,
-                      fetch_until_eof, request, wait_until)
+                      fetch_until_eof, request, run_sql, wait_until)
 from sqlflow_playground.blocking import BlockingRunner
 from sqlflow_playground.config import Config, ConfigError
 from sqlflow_playground.provisioners import make_provisioner
@@ -42,16 +42,6 @@ def server_settings(certs, state_dir, **overrides):
 def as_user(certs, port, name):
     ctx = client_context(certs.dir, name)
     return lambda method, path, body=None: request(port, ctx, method, path, body)
-
-
-def run_sql(fetch, sql, user_id=None):
-    body = {"task_type": "sql", "spec": {"sql": sql}}
-    if user_id:
-        body["user_id"] = user_id
-    created = fetch("POST", "/api/jobs", body)
-    assert created.status == 201, created.body
-    page, responses, _ = fetch_until_eof(fetch, created.body["token"], timeout=60)
-    return page, responses
 
 
 def fingerprint(path):

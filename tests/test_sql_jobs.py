@@ -3,17 +3,7 @@ import uuid
 
 import pytest
 
-from conftest import DATA_SOURCE_RE, fetch_until_eof
-
-
-def run_sql(fetch, sql, user_id=None):
-    body = {"task_type": "sql", "spec": {"sql": sql}}
-    if user_id:
-        body["user_id"] = user_id
-    created = fetch("POST", "/api/jobs", body)
-    assert created.status == 201, created.body
-    page, responses, _ = fetch_until_eof(fetch, created.body["token"])
-    return page, responses
+from conftest import DATA_SOURCE_RE, run_sql
 
 
 SCRIPT = """CREATE TABLE iris (id INT PRIMARY KEY, species VARCHAR(40), petal DECIMAL(4,2));

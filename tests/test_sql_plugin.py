@@ -15,7 +15,8 @@ from conftest import admin_connect
 from sqlflow_playground.errors import Unprocessable
 from sqlflow_playground.plugins.base import TaskContext, is_terminal
 from sqlflow_playground.plugins.output import skipped
-from sqlflow_playground.plugins.sql import SqlPlugin, json_safe
+from sqlflow_playground.plugins.sql import SqlPlugin
+from sqlflow_playground.plugins.sql_runner import json_safe
 from sqlflow_playground.plugins.sqlsplit import split_statements
 
 plugin = SqlPlugin()

@@ -51,7 +51,7 @@ from . import sql_runner
 from .base import CANCELLED, FAILED, RUNNING, TaskContext, TaskPlugin, TaskState
 from .output import ResponseLog, open_private
 from .process_runner import describe_exit
-from .sql_runner import json_safe, read_status, write_status  # noqa: F401 (json_safe)
+from .sql_runner import read_status, write_status
 from .sqlsplit import split_statements
 
 MYSQL_RE = re.compile(r"^mysql://(?P<user>[^:@/]*):(?P<password>.*)@tcp\((?P<host>[^()]*?)"
