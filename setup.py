@@ -8,6 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["sqlflow_playground", "sqlflow_playground.*"]),
+    package_data={"sqlflow_playground.proto": ["*.proto"]},
     scripts=["scripts/gen_cert.sh"],
     install_requires=[
         "tornado>=6.1",
@@ -18,10 +19,15 @@ setup(
         "jsonschema>=4.0",
         "kubernetes>=28",
         "prometheus_client>=0.17",
+        # SQLFlow's gRPC door (grpc_door.py); the generated modules in proto/ need at
+        # least the versions that generated them (scripts/gen_proto.sh)
+        "grpcio>=1.85.1",
+        "protobuf>=7.35.1",
     ],
     extras_require={
         "test": [
             "cryptography>=42",
+            "grpcio-tools>=1.85.1",  # tests/test_grpc_proto.py regenerates proto/
             "kubernetes-validate>=1.28",
             "openapi-spec-validator>=0.7",
             "ipython>=8",
