@@ -2,7 +2,7 @@
 import inspect
 import logging
 from importlib.metadata import entry_points
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import jsonschema
 
@@ -89,11 +89,15 @@ class PluginRegistry:
         return await self.runner.run(method, *args)
 
 
-def builtin_plugins(enable_process: bool, cluster: Any = None) -> List[TaskPlugin]:
-    """The built-in task types: ``sql`` always, ``process`` if enabled, ``pod`` given a
-    ``k8s.Cluster``."""
+def builtin_plugins(enable_process: bool, cluster: Any = None, *,
+                    sqlflow_server: Optional[str] = None,
+                    sqlflow_server_ca: Optional[str] = None) -> List[TaskPlugin]:
+    """The built-in task types: ``sql`` and ``sqlflow`` always (without a
+    ``sqlflow_server``, a ``sqlflow`` job is refused saying there is no engine),
+    ``process`` if enabled, ``pod`` given a ``k8s.Cluster``."""
     from .sql import SqlPlugin
-    plugins: List[TaskPlugin] = [SqlPlugin()]
+    from .sqlflow_engine import SqlflowPlugin
+    plugins: List[TaskPlugin] = [SqlPlugin(), SqlflowPlugin(sqlflow_server, sqlflow_server_ca)]
     if enable_process:
         from .process import ProcessPlugin
         plugins.append(ProcessPlugin())
