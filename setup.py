@@ -28,6 +28,9 @@ setup(
         "test": [
             "cryptography>=42",
             "grpcio-tools>=1.85.1",  # tests/test_grpc_proto.py regenerates proto/
+            # grpcio-tools pulls setuptools in; pytest-tornado 0.8 imports pkg_resources,
+            # which setuptools 81 dropped
+            "setuptools<81",
             "kubernetes-validate>=1.28",
             "openapi-spec-validator>=0.7",
             "ipython>=8",

@@ -33,6 +33,15 @@ class Config:
     server_key: Optional[str] = _opt(None, "server private key (PEM)")
     server_crt: Optional[str] = _opt(None, "server certificate (PEM)")
     crl: Optional[str] = _opt(None, "certificate revocation list (PEM); re-read on SIGHUP")
+    grpc_port: int = _opt(
+        50051, "port of the gRPC door, SQLFlow's own protocol (Run/Fetch) for the deployed "
+        "%sqlflow client; TLS with the server certificate, client certificates optional "
+        "(0: off)")
+    sqlflow_server: Optional[str] = _opt(
+        None, "host:port of an upstream SQLFlow server that runs the statements needing "
+        "its engine (TO TRAIN, TO PREDICT, ...) as `sqlflow` jobs (default: none)")
+    sqlflow_server_ca: Optional[str] = _opt(
+        None, "CA certificate to reach --sqlflow_server over TLS (default: plain gRPC)")
     health_port: int = _opt(0, "plain-HTTP port for /healthz and /readyz probes (0: off)")
     metrics_port: int = _opt(
         0, "plain-HTTP port for Prometheus /metrics without client certificates (0: off)")

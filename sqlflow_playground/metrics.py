@@ -76,6 +76,12 @@ class Metrics:
                                           "a user's database that failed", registry=r)
         self.reaper_actions = Counter(PREFIX + "reaper_actions", "What the reapers did",
                                       ("action",), registry=r)
+        self.grpc_requests = Counter(PREFIX + "grpc_requests", "gRPC calls of the SQLFlow "
+                                     "door by method and status code", ("method", "code"),
+                                     registry=r)
+        self.grpc_seconds = Histogram(PREFIX + "grpc_request_seconds", "gRPC call latency "
+                                      "by method", ("method",), registry=r,
+                                      buckets=REQUEST_BUCKETS)
         for action in REAPER_ACTIONS:
             self.reaper_actions.labels(action)  # exported as 0 from the start
         r.register(StoreCollector(store))
@@ -92,6 +98,11 @@ class Metrics:
                 self.request_seconds.labels(route))
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_grpc(self, method: str, code: str, seconds: float) -> None:
+        """Count one finished call of the gRPC door (``code``: a grpc.StatusCode name)."""
+        self.grpc_requests.labels(method, code).inc()
+        self.grpc_seconds.labels(method).observe(seconds)
 
     def observe_provisioning(self, seconds: float, ok: bool) -> None:
         if ok:

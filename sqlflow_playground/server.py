@@ -31,7 +31,7 @@ from .provisioners import Provisioner, make_provisioner
 from .statedir import secure_state_dir
 from .sharing import RENEW_INTERVAL_S, SHIP_INTERVAL_S
 from .store import Store
-from .tls import make_server_context
+from .tls import make_grpc_context, make_server_context
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,9 @@ class Gateway:
             claim_ttl_s=config.provision_timeout_s + 30)
         self.playground.on_provisioned = self.metrics.observe_provisioning
         self.registry = PluginRegistry(
-            self.runner, builtin_plugins(config.enable_process_jobs, self.cluster))
+            self.runner, builtin_plugins(config.enable_process_jobs, self.cluster,
+                                         sqlflow_server=config.sqlflow_server,
+                                         sqlflow_server_ca=config.sqlflow_server_ca))
         for plugin in discovered_plugins():
             try:
                 self.registry.register(plugin)
@@ -109,6 +111,9 @@ class Gateway:
         self.http: Optional[HTTPServer] = None
         self.health: Optional[HTTPServer] = None
         self.metrics_http: Optional[HTTPServer] = None
+        self.grpc_server = None  # the gRPC door (grpcdoor.py), behind its TLS relay
+        self.grpc_relay = None
+        self.grpc_port: Optional[int] = None
         self.sockets: List[socket.socket] = []
         self._periodic: List[PeriodicCallback] = []
 
@@ -154,6 +159,8 @@ class Gateway:
             idle_timeout_s=c.idle_connection_timeout_s, max_connections=max_connections)
         self.sockets = tornado.netutil.bind_sockets(self.config.port, self.config.host or None)
         self.http.add_sockets(self.sockets)
+        if c.grpc_port:
+            await self._open_grpc_door(max_connections)
         if self.config.health_port:
             self.health = HTTPServer(make_health_app({
                 "store": lambda: self.runner.run(self.store.ping),
@@ -174,6 +181,28 @@ class Gateway:
         log.info("serving %s on %s:%d (provisioner %s)", scheme, self.config.host or "*",
                  self.port, self.provisioner.name)
 
+    async def _open_grpc_door(self, max_connections: int) -> None:
+        """SQLFlow's Run/Fetch on ``--grpc_port``: with TLS, through the relay that asks
+        for an optional client certificate (tlsrelay.py) to a loopback gRPC server."""
+        from .grpcdoor import SQLFlowDoor, start_door
+        from .identity import identity_from_cert
+        from .tlsrelay import TlsRelay
+        c = self.config
+        door = SQLFlowDoor(self.jobs, self.store, self.runner, self.metrics)
+        if not c.tls_enabled:
+            self.grpc_server, self.grpc_port = await start_door(
+                door, f"{c.host or '[::]'}:{c.grpc_port}")
+            return
+        self.grpc_server, inner_port = await start_door(door, "127.0.0.1:0")
+        self.grpc_inner_port = inner_port
+        self.grpc_relay = door.relay = TlsRelay(
+            lambda: make_grpc_context(c.ca_crt, c.server_crt, c.server_key, c.crl),
+            inner_port, lambda cert: identity_from_cert(cert, c.frontend_certs),
+            handshake_timeout_s=c.handshake_timeout_s,
+            idle_timeout_s=c.idle_connection_timeout_s, max_connections=max_connections)
+        self.grpc_port = await self.grpc_relay.start(c.host, c.grpc_port)
+        log.info("serving gRPC (SQLFlow Run/Fetch) on %s:%d", c.host or "*", self.grpc_port)
+
     def reload_tls(self) -> None:
         """Re-read certificates and the CRL; new connections use them, open ones keep theirs.
 
@@ -184,6 +213,8 @@ class Gateway:
             return
         try:
             self.http.ssl_options = self.ssl_context()
+            if self.grpc_relay is not None:
+                self.grpc_relay.reload()
         except (OSError, ValueError) as e:
             log.error("TLS reload failed, keeping the previous certificates and CRL: %s", e)
             return
@@ -250,6 +281,10 @@ class Gateway:
                 plain.stop()
         if self.http is not None:
             self.http.stop()
+        if self.grpc_relay is not None:
+            await self.grpc_relay.stop()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace=1.0)
         await self.jobs.close()
         if self.http is not None:
             try:

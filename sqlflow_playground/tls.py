@@ -22,3 +22,14 @@ def make_server_context(ca_crt: str, server_crt: str, server_key: str,
         ctx.load_verify_locations(cafile=crl)
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
+
+
+def make_grpc_context(ca_crt: str, server_crt: str, server_key: str,
+                      crl: Optional[str] = None) -> ssl.SSLContext:
+    """The gRPC door's context (``tlsrelay.py``): the same certificates, CA, CRL and TLS
+    floor, but a client certificate is asked for, not required (the deployed SQLFlow
+    client has none); one that is presented must verify. ALPN ``h2``: gRPC needs it."""
+    ctx = make_server_context(ca_crt, server_crt, server_key, crl)
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx.set_alpn_protocols(["h2"])
+    return ctx

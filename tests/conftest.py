@@ -27,6 +27,9 @@ from sqlflow_playground.config import Config
 from sqlflow_playground.server import Gateway
 
 ROOT = Path(__file__).resolve().parents[1]
+# The gRPC door listens on 50051 by default; servers started by tests (in-process or as
+# processes, several at once) keep it off unless a test asks for it (free_port()).
+os.environ["SQLFLOW_PLAYGROUND_GRPC_PORT"] = "0"
 GEN_CERT = ROOT / "scripts" / "gen_cert.sh"
 
 
@@ -155,7 +158,7 @@ def make_server(certs, tmp_path):
                         server_crt=str(certs.dir / "server" / "server.crt"),
                         server_key=str(certs.dir / "server" / "server.key"),
                         state_dir=str(tmp_path / "state"), log_level="debug",
-                        reap_interval_s=3600, heartbeat_flush_s=3600)
+                        reap_interval_s=3600, heartbeat_flush_s=3600, grpc_port=0)
         settings.update(overrides)
         server = RunningServer(Config(**settings), provisioner_factory)
         started.append(server)
@@ -182,6 +185,14 @@ def fetch_as(certs, server):
             return request(port or server.port, ctx, method, path, body, **kw)
         return fetch
     return as_user
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a server that cannot take port 0)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout=15.0):

@@ -81,7 +81,8 @@ def lite(certs, tmp_path_factory):
     assert page["status"] == "SUCCEEDED", page["message"]
     yield types.SimpleNamespace(
         server=server, alice=alice, bob=bob, host_dir=host_dir,
-        bob_path=bob_ds[len("sqlite:///"):], store_path=str(base / "state" / "store.db"))
+        bob_path=bob_ds[len("sqlite:///"):].partition("?")[0],
+        store_path=str(base / "state" / "store.db"))
     server.stop()
 
 
@@ -214,7 +215,7 @@ def test_a_symlinked_or_hard_linked_database_file_is_not_opened(lite, certs):
     for kind in ("symlink", "link"):
         uid = "mallet" + uuid.uuid4().hex[:6]
         ds = front("POST", "/api/create_db", {"user_id": uid}).body["data_source"]
-        path = ds[len("sqlite:///"):]
+        path = ds[len("sqlite:///"):].partition("?")[0]
         bob_before = fingerprint(victim_path)
         os.remove(path)
         getattr(os, kind)(victim_path, path)

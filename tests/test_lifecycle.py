@@ -19,7 +19,7 @@ class FakeClock:
 
 
 def db_path(resp):
-    return resp.body["data_source"][len("sqlite:///"):]
+    return resp.body["data_source"][len("sqlite:///"):].partition("?")[0]
 
 
 def test_idle_reaper_releases_exactly_the_idle_users(server, fetch_as):

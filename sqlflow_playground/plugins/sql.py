@@ -46,7 +46,7 @@ import time
 from typing import Any, Dict, Optional
 
 from ..errors import Unprocessable
-from ..provisioners.sqlite import database_path, databases_directory
+from ..provisioners.sqlite import data_source_path, database_path, databases_directory
 from . import sql_runner
 from .base import CANCELLED, FAILED, RUNNING, TaskContext, TaskPlugin, TaskState
 from .output import ResponseLog, open_private
@@ -165,7 +165,7 @@ def _runner_death(workdir: str, pid: Optional[int]) -> str:
 def _parse_source(data_source: Optional[str]) -> Dict[str, Any]:
     ds = data_source or ""
     if ds.startswith("sqlite:///"):
-        return {"kind": "sqlite", "path": ds[len("sqlite:///"):]}
+        return {"kind": "sqlite", "path": data_source_path(ds)}
     m = MYSQL_RE.match(ds)
     if m is None:  # never echo the data source: it holds a password
         raise Unprocessable("the sql task type needs a mysql:// (SQLFlow form) or "

@@ -69,3 +69,23 @@ def split_statements(text: str) -> List[str]:
     if has_code:
         statements.append(text[start:].strip())
     return statements
+
+
+def code_only(statement: str) -> str:
+    """``statement`` with every string, quoted identifier and comment blanked out, so a
+    keyword search finds only keywords."""
+    parts: List[str] = []
+    i, n = 0, len(statement)
+    while i < n:
+        c = statement[i]
+        if c in "'\"`":
+            end = _skip_quoted(statement, i, c)
+        else:
+            end = _comment_end(statement, i)
+            if end == i:
+                parts.append(c)
+                i += 1
+                continue
+        parts.append(" ")
+        i = end
+    return "".join(parts)

@@ -5,6 +5,7 @@ Where a user's file lives is a function of the state directory and the user id a
 names is its owner's, without trusting the data source (see ``plugins/sql.py``).
 """
 import os
+import secrets
 import sqlite3
 from typing import Any, Dict
 
@@ -22,8 +23,16 @@ def database_path(directory: str, user_id: str) -> str:
     return os.path.join(directory, safe_name(user_id, "", 80) + ".db")
 
 
+def data_source_path(data_source: str) -> str:
+    """The file a ``sqlite:///PATH?secret=…`` data source names."""
+    return data_source[len("sqlite:///"):].partition("?")[0]
+
+
 class SqliteProvisioner(Provisioner):
-    """Gives each user a sqlite file; the data source is a SQLAlchemy URL to it."""
+    """Gives each user a sqlite file; the data source is a SQLAlchemy URL to it, with a
+    random ``secret``: the file needs none (only the server opens it), but a data source
+    is what proves a caller's identity at the gRPC door (grpcdoor.py), so it must hold
+    something no one can guess, as a MySQL data source's password is."""
 
     name = "sqlite"
 
@@ -36,7 +45,8 @@ class SqliteProvisioner(Provisioner):
 
     async def provision(self, user_id: str) -> Provisioned:
         path = await self.runner.run(self._create, user_id)
-        return Provisioned(data_source="sqlite:///" + path, resource={"path": path})
+        return Provisioned(data_source=f"sqlite:///{path}?secret={secrets.token_urlsafe(24)}",
+                           resource={"path": path})
 
     def _create(self, user_id: str) -> str:
         os.makedirs(self.directory, mode=DIR_MODE, exist_ok=True)

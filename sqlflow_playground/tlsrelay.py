@@ -1,0 +1,263 @@
+"""The gRPC door's TLS: asks for a client certificate without requiring one.
+
+Why this exists: the deployed SQLFlow client never presents a client certificate, yet one
+that is presented must chain to the CA (and not be revoked) and then names the caller, as
+on the REST side. grpcio's server credentials can only require a certificate or not ask
+for one at all (``require_client_auth``), never *ask and verify if given*. So the door's
+public port is this relay: it terminates TLS itself with an ``ssl.CERT_OPTIONAL`` context
+(the REST side's CA, CRL and TLS floor; ALPN ``h2``; re-read on SIGHUP like REST's), and
+pipes the decrypted bytes to the gRPC server, which listens on an ephemeral loopback port
+in plain text. The relay remembers, per connection it opens to that server, the identity
+the client certificate gave (or None); the servicer looks it up by the peer address gRPC
+reports (``peer_identity``). A connection to the gRPC server that did not come through the
+relay has no entry, and is refused.
+
+Bounds, as on REST: a TLS handshake longer than ``handshake_timeout_s`` is cut; no more
+than ``max_connections`` at once (more are closed on accept); a connection with no bytes
+either way for ``idle_timeout_s`` is closed (gRPC clients reconnect on their next call).
+Refused handshakes are logged at most once per ``LOG_EVERY_S`` with their reason.
+"""
+import asyncio
+import logging
+import ssl
+import time
+from typing import Callable, Dict, Optional, Tuple
+
+from .errors import PlaygroundError
+from .identity import Identity
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_S = 10.0
+SWEEP_EVERY_S = 1.0
+HIGH_WATER = 256 << 10  # bytes buffered towards one side before the other is paused
+
+
+class _Side(asyncio.Protocol):
+    """One end of a relayed connection: what it receives is written to ``peer``."""
+
+    def __init__(self, relay: "_Connection"):
+        self.relay = relay
+        self.transport: Optional[asyncio.Transport] = None
+        self.peer: Optional["_Side"] = None
+        self.pending = []  # bytes received before the other end was connected
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.relay.last_active = time.monotonic()
+        if self.pending or self.peer.transport is None:  # in order, after what waits
+            self.pending.append(data)
+            if self.transport is not None:  # (start_tls may deliver before it returns)
+                self.transport.pause_reading()
+        else:
+            self.peer.transport.write(data)
+
+    def eof_received(self):
+        if self.peer is not None and self.peer.transport is not None \
+                and self.peer.transport.can_write_eof():
+            self.peer.transport.write_eof()
+            return True  # keep our write side open for the other's remaining answer
+        self.relay.close(graceful=True)
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        self.relay.close(graceful=True)
+
+    # The other end's buffer is full: stop reading here until it drains.
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+
+class _Connection:
+    """A client's TLS connection and the relay's plain one to the gRPC server."""
+
+    def __init__(self, relay: "TlsRelay"):
+        self.relay = relay
+        self.client = _Side(self)
+        self.server = _Side(self)
+        self.client.peer, self.server.peer = self.server, self.client
+        self.accepted = self.last_active = time.monotonic()
+        self.local_port: Optional[int] = None
+        self.ready: Optional[asyncio.Future] = None  # the accepted socket, before TLS
+        self.closed = False
+
+    def close(self, graceful: bool = False) -> None:
+        """Close both ends: ``graceful`` sends what is buffered first (an end said
+        goodbye); otherwise drop it (refused, idle, timed out)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.local_port is not None:  # forgotten before the port can be reused
+            self.relay.identities.pop(self.local_port, None)
+        for side in (self.client, self.server):
+            if side.transport is not None:
+                side.transport.close() if graceful else side.transport.abort()
+        self.relay.connections.discard(self)
+
+
+class TlsRelay:
+    """``await start(host, port)``; ``peer_identity(context.peer())`` in the servicer."""
+
+    def __init__(self, context_factory: Callable[[], ssl.SSLContext], target_port: int,
+                 identify: Callable[[dict], Identity], handshake_timeout_s: float = 10.0,
+                 idle_timeout_s: float = 300.0, max_connections: int = 1000):
+        self.context = context_factory()
+        self.context_factory = context_factory
+        self.target_port = target_port
+        self.identify = identify
+        self.handshake_timeout_s = handshake_timeout_s or None
+        self.idle_timeout_s = idle_timeout_s
+        self.max_connections = max_connections
+        #: local port of the relay's connection to the gRPC server -> the client's
+        #: identity (None: no client certificate)
+        self.identities: Dict[int, Optional[Identity]] = {}
+        self.connections: set = set()
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._sweeper: Optional[asyncio.Task] = None
+        self._refused: Dict[str, int] = {}
+        self._logged_at = 0.0
+
+    async def start(self, host: Optional[str], port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._accepted, host or None, port)
+        self._sweeper = loop.create_task(self._sweep())
+        return self._server.sockets[0].getsockname()[1]
+
+    def reload(self) -> None:
+        """New connections use a new context (certificates, CRL); open ones keep theirs."""
+        self.context = self.context_factory()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for connection in list(self.connections):
+            connection.close()
+
+    def peer_identity(self, peer: str) -> Tuple[bool, Optional[Identity]]:
+        """(whether ``peer``, as gRPC names it, is one of the relay's connections, the
+        identity its client certificate gave, None without one)."""
+        host, _, port = peer.rpartition(":")
+        if not host.startswith(("ipv4:127.0.0.1", "ipv6:[::1]")) or not port.isdigit():
+            return False, None
+        key = int(port)
+        return key in self.identities, self.identities.get(key)
+
+    # -- per connection ------------------------------------------------------------
+
+    def _accepted(self) -> asyncio.Protocol:
+        connection = _Connection(self)
+        if len(self.connections) >= self.max_connections:
+            connection.closed = True  # connection_made below closes it at once
+            self._refuse("too many connections")
+        else:
+            self.connections.add(connection)
+            asyncio.get_running_loop().create_task(self._open(connection))
+        return _Accepted(connection)
+
+    async def _open(self, connection: _Connection) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            accepted: "_Accepted" = await connection.ready
+        except asyncio.CancelledError:
+            return
+        try:
+            tls = await loop.start_tls(accepted.transport, connection.client, self.context,
+                                       server_side=True,
+                                       ssl_handshake_timeout=self.handshake_timeout_s)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
+            self._refuse(_reason(e))
+            accepted.transport.abort()
+            connection.close()
+            return
+        if connection.closed or tls is None:
+            if tls is not None:
+                tls.abort()
+            return
+        connection.client.transport = tls
+        identity = None
+        cert = tls.get_extra_info("peercert")
+        if cert:
+            try:
+                identity = self.identify(cert)
+            except PlaygroundError as e:
+                self._refuse(e.message)
+                tls.abort()
+                connection.close()
+                return
+        try:
+            await loop.create_connection(lambda: connection.server, "127.0.0.1",
+                                         self.target_port)
+        except OSError as e:
+            log.error("the gRPC door's relay cannot reach its gRPC server: %s", e)
+            connection.close()
+            return
+        if connection.closed:
+            connection.server.transport.abort()
+            return
+        connection.local_port = connection.server.transport.get_extra_info("sockname")[1]
+        self.identities[connection.local_port] = identity
+        for data in connection.client.pending:  # what came with the handshake's end
+            connection.server.transport.write(data)
+        connection.client.pending.clear()
+        tls.resume_reading()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY_S)
+            now = time.monotonic()
+            for connection in list(self.connections):
+                if self.idle_timeout_s and now - connection.last_active > self.idle_timeout_s:
+                    connection.close()
+
+    def _refuse(self, reason: str) -> None:
+        self._refused[reason] = self._refused.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY_S:
+            self._logged_at = now
+            counts = ", ".join(f"{n} × {r}" for r, n in self._refused.items())
+            log.warning("gRPC door refused connections: %s", counts)
+            self._refused.clear()
+
+
+class _Accepted(asyncio.Protocol):
+    """The accepted socket until ``start_tls`` takes it over."""
+
+    def __init__(self, connection: _Connection):
+        self.connection = connection
+        self.transport = None
+        connection.ready = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.pause_reading()  # the ClientHello waits for start_tls, which resumes
+        if self.connection.closed:
+            transport.abort()
+            self.connection.ready.cancel()
+            return
+        self.connection.ready.set_result(self)
+
+    def data_received(self, data: bytes) -> None:  # not before start_tls takes over
+        pass
+
+    def connection_lost(self, exc) -> None:
+        if not self.connection.ready.done():
+            self.connection.ready.cancel()
+        self.connection.close()
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, ssl.SSLError):
+        return f"TLS handshake failed: {e.reason or e}"
+    if isinstance(e, asyncio.TimeoutError):
+        return "TLS handshake timed out"
+    return f"TLS handshake failed: {type(e).__name__}"
