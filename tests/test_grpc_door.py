@@ -9,7 +9,7 @@ import pytest
 from conftest import client_context, free_port, request, wait_until
 from fake_sqlflow import FakeSQLFlow, Script
 from sqlflow_client import Cell, channel, run_cell, session
-from sqlflow_playground.grpcdoor import fetch_proof, needs_engine
+from sqlflow_playground.grpcdoor import fetch_proof, has_secret, needs_engine
 from sqlflow_playground.proto import sqlflow_pb2 as pb
 from sqlflow_playground.proto import sqlflow_pb2_grpc as pb_grpc
 
@@ -85,6 +85,34 @@ def test_select_returns_typed_values(door):
     token = cell.job_id.partition(".")[0]
     assert [(j["token"], j["task_type"], j["status"]) for j in door.jobs_of("alice")] == \
         [(token, "sql", "SUCCEEDED")]
+
+
+def test_on_mysql_values_keep_their_types_and_dates_come_as_text(make_server, certs,
+                                                                  mariadb):
+    door = Door(make_server, certs, provisioner="mysql", mysql_dsn=mariadb)
+    try:
+        ds = door.create_db("alice")
+        assert has_secret(ds)  # the MySQL provisioner's data source holds a password
+        cell = run_cell(door.stub(), """
+            CREATE TABLE t (i BIGINT, f DOUBLE, s VARCHAR(10), d DATE, ts DATETIME,
+                            dec_ DECIMAL(6, 2), n INT);
+            INSERT INTO t VALUES (-7, 0.25, 'ü', '2024-02-29', '2024-02-29 13:14:15',
+                                  1234.50, NULL);
+            SELECT * FROM t""", session(ds, "alice"), QUICK)
+    finally:
+        for ch in door.channels:
+            ch.close()
+    assert cell.tables == [(["i", "f", "s", "d", "ts", "dec_", "n"],
+                            [[-7, 0.25, "ü", "2024-02-29", "2024-02-29T13:14:15",
+                              "1234.50", None]])]
+    assert [type(v).__name__ for v in cell.tables[0][1][0]] == \
+        ["int", "float", "str", "str", "str", "str", "NoneType"]
+
+
+def test_the_embedded_sqlite_data_source_holds_a_secret(door):
+    ds = door.create_db("alice")
+    assert has_secret(ds) and not has_secret(ds.partition("?")[0])
+    assert has_secret(door.create_db("bob")) and door.create_db("bob") != ds
 
 
 def test_a_script_returns_its_messages_and_one_table_per_select(door):

@@ -1,6 +1,7 @@
 """The kubernetes provisioner against the in-test API server: one Secret, Pod and Service
 per user, readiness from the watch cache, all three gone on delete_db."""
 import re
+from sqlflow_playground.grpcdoor import has_secret
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -39,6 +40,7 @@ def test_create_db_makes_one_secret_pod_and_service_even_under_20_concurrent_cal
     m = re.match(r"^mysql://sqlflow:([^@]{24,})@tcp\(([^:]+):3306\)/playground\?maxAllowedPacket=0$",
                  results[0].body["data_source"])
     assert m and m.group(2) == f"{pods[0]}.default"
+    assert has_secret(results[0].body["data_source"])  # it can prove alice at the gRPC door
     pod = sim.get_object("", "v1", "pods", "default", pods[0])
     assert pod["metadata"]["labels"]["sqlflow.tech/user"] == "alice"
     for plural in ("secrets", "services"):  # collected with the pod by Kubernetes
