@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# gen_cert.sh - issue and revoke mutual-TLS certificates for sqlflow-playground.
+# gen_cert.sh - issue, re-issue, revoke and list mutual-TLS certificates for
+# sqlflow-playground.
 #
 # Works on ./key_store (or $KEY_STORE), creating a private CA on first use:
 #
@@ -8,6 +9,7 @@
 #   key_store/ca/openssl.cnf, index.txt, index.txt.attr, crlnumber, serial,
 #   key_store/ca/newcerts/           the `openssl ca` database (for revocation)
 #   key_store/NAME/NAME.crt, NAME.key
+#   key_store/NAME/previous/SERIAL.crt, SERIAL.key   certificates replaced by a re-issue
 #
 # Requires bash 4+ and openssl (1.1.1+, tested with 3.x).
 set -euo pipefail
@@ -25,8 +27,9 @@ DEFAULT_DAYS=825
 
 synopsis() {
     cat <<EOF
-Usage: $PROG [--rsa] [--frontend] [--days N] [--san DNS:x|IP:y ...] NAME
+Usage: $PROG [--force|--keep] [--rsa] [--frontend] [--days N] [--san DNS:x|IP:y ...] NAME
        $PROG revoke NAME
+       $PROG list
        $PROG crl
        $PROG -h|--help
 EOF
@@ -37,13 +40,31 @@ usage() {
     cat <<EOF
 
 Issue a certificate for NAME signed by the playground CA (created on first
-use), revoke NAME's certificate, or regenerate the CRL (ca/crl.pem).
+use), revoke NAME's certificate, list the certificates, or regenerate the CRL
+(ca/crl.pem).
 
 Files are kept in ./key_store, or in \$KEY_STORE if set:
   ca/ca.crt ca/ca.key ca/crl.pem    CA certificate, key and CRL
   NAME/NAME.crt NAME/NAME.key       certificate and key for NAME
+  NAME/previous/SERIAL.{crt,key}    NAME's certificates replaced by a re-issue
 
-Options:
+Commands:
+  NAME           issue a certificate for NAME. If NAME has a revoked or
+                 expired certificate, it is moved to NAME/previous/ and a new
+                 one issued. If NAME has a valid certificate, this fails
+                 unless --force (or --keep) is given.
+  revoke NAME    revoke NAME's certificate and rewrite ca/crl.pem. A running
+                 server reads the CRL again on SIGHUP: kill -HUP <pid>
+  list           each certificate's NAME, expiry date (UTC) and status:
+                 valid, revoked, expired, or unknown (not in the CA database)
+  crl            rewrite ca/crl.pem (it is valid for $CRL_DAYS days)
+
+Options (when issuing):
+  --force        re-issue NAME even though it has a valid certificate: the old
+                 one is revoked in the CA database, moved to NAME/previous/,
+                 and ca/crl.pem is rewritten (send the server SIGHUP)
+  --keep         keep a valid certificate NAME already has and exit 0 (for
+                 scripts that only need NAME to have one)
   --rsa          RSA-2048 key instead of ECDSA P-256
   --frontend     add OU=frontend to the subject
   --days N       validity in days (default $DEFAULT_DAYS)
@@ -53,7 +74,7 @@ Options:
 
 The cert named "server" gets extendedKeyUsage serverAuth, every other cert
 clientAuth only. NAME must match $NAME_RE;
-"ca", "revoke" and "crl" are reserved. An existing certificate is kept.
+"ca", "revoke", "list" and "crl" are reserved.
 EOF
 }
 
@@ -73,6 +94,8 @@ die() {
 cmd=issue
 name=
 rsa=0
+force=0
+keep=0
 frontend=0
 days=$DEFAULT_DAYS
 issue_opts=0
@@ -95,6 +118,8 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         -h | --help) usage; exit 0 ;;
         --rsa) rsa=1; issue_opts=1 ;;
+        --force) force=1; issue_opts=1 ;;
+        --keep) keep=1; issue_opts=1 ;;
         --frontend) frontend=1; issue_opts=1 ;;
         --days | --san)
             [[ $# -ge 2 ]] || usage_error "option $1 needs a value"
@@ -115,9 +140,9 @@ case ${positional[0]:-} in
         cmd=revoke
         [[ ${#positional[@]} -eq 2 ]] || usage_error "revoke needs exactly one NAME"
         name=${positional[1]} ;;
-    crl)
-        cmd=crl
-        [[ ${#positional[@]} -eq 1 ]] || usage_error "crl takes no arguments" ;;
+    crl | list)
+        cmd=${positional[0]}
+        [[ ${#positional[@]} -eq 1 ]] || usage_error "$cmd takes no arguments" ;;
     '') usage_error "missing NAME" ;;
     *)
         [[ ${#positional[@]} -eq 1 ]] || usage_error "too many arguments: ${positional[*]}"
@@ -125,12 +150,15 @@ case ${positional[0]:-} in
 esac
 
 if [[ $cmd != issue && $issue_opts -eq 1 ]]; then
-    usage_error "options --rsa/--frontend/--days/--san only apply when issuing a certificate"
+    usage_error "options --force/--keep/--rsa/--frontend/--days/--san only apply when issuing a certificate"
 fi
-if [[ $cmd != crl ]]; then
+if [[ $force -eq 1 && $keep -eq 1 ]]; then
+    usage_error "--force and --keep exclude each other"
+fi
+if [[ $cmd == issue || $cmd == revoke ]]; then
     [[ $name =~ $NAME_RE ]] || usage_error "invalid NAME '$name' (must match $NAME_RE)"
     case ${name,,} in
-        ca | revoke | crl) usage_error "NAME '$name' is reserved" ;;
+        ca | revoke | crl | list) usage_error "NAME '$name' is reserved" ;;
     esac
 fi
 [[ $days =~ ^[1-9][0-9]{0,5}$ ]] || usage_error "invalid --days '$days' (positive integer expected)"
@@ -146,11 +174,6 @@ CA_SHOW=$ks_arg/ca
 # store can be moved around.
 export GEN_CERT_CA_DIR=$CA_DIR
 CNF=$CA_DIR/openssl.cnf
-
-if [[ $cmd == issue && -e $KS/$name/$name.crt ]]; then
-    echo "$ks_arg/$name/$name.crt already exists; keeping it"
-    exit 0
-fi
 
 TMP=$(mktemp -d "$KS/.gen_cert.XXXXXX") || die "cannot create a temporary directory in '$ks_arg'"
 trap 'rm -rf -- "$TMP"' EXIT
@@ -258,11 +281,80 @@ ensure_ca() {
     fi
 }
 
+# ---------------------------------------------------------------- certificate state
+cert_serial() { # cert_serial CRT SHOWN_NAME
+    local serial
+    serial=$(openssl x509 -in "$1" -noout -serial 2>/dev/null) || die "cannot read certificate $2"
+    echo "${serial#serial=}"
+}
+
+# Prints the index.txt status letter (V, R, E) of a cert, or nothing.
+db_status() {
+    local serial
+    serial=$(cert_serial "$1" "$2")
+    [[ -f $CA_DIR/index.txt ]] || return 0
+    awk -F'\t' -v s="$serial" '
+        function norm(x) { x = toupper(x); sub(/^0+/, "", x); return x }
+        norm($4) == norm(s) { st = $1 }
+        END { if (st != "") print st }' "$CA_DIR/index.txt"
+}
+
+# The expiry date of a cert, in UTC (ISO 8601 where openssl can print it).
+not_after() {
+    local d
+    d=$(openssl x509 -in "$1" -noout -enddate -dateopt iso_8601 2>/dev/null) ||
+        d=$(openssl x509 -in "$1" -noout -enddate 2>/dev/null) || d="notAfter=?"
+    echo "${d#notAfter=}"
+}
+
+# valid, revoked, expired, or unknown (not in this CA's database).
+cert_state() { # cert_state CRT SHOWN_NAME
+    local st
+    st=$(db_status "$1" "$2")
+    if [[ $st == R ]]; then
+        echo revoked
+    elif ! openssl x509 -in "$1" -noout -checkend 0 >/dev/null 2>&1; then
+        echo expired
+    elif [[ -n $st ]]; then
+        echo valid
+    else
+        echo unknown
+    fi
+}
+
+sighup_hint() {
+    echo "A running server reads $CA_SHOW/crl.pem again on SIGHUP: kill -HUP <pid>"
+}
+
 # ---------------------------------------------------------------- commands
 issue() {
     local dir=$KS/$name show=$ks_arg/$name subj="/O=$ORG" ku eku san="" s
+    local crt=$KS/$name/$name.crt state=none revoked_old=0 serial
     local -a all_sans=()
+    if [[ -f $crt ]]; then
+        state=$(cert_state "$crt" "$show/$name.crt")
+        if [[ $state == valid || $state == unknown ]]; then
+            if [[ $keep -eq 1 ]]; then
+                echo "$show/$name.crt exists ($state, expires $(not_after "$crt")); keeping it (--keep)"
+                return 0
+            fi
+            [[ $force -eq 1 ]] || die "$show/$name.crt exists ($state, expires" \
+                "$(not_after "$crt")); add --force to revoke it and issue a new one" \
+                "(or --keep to keep it)"
+        fi
+    fi
     ensure_ca
+    if [[ $state == valid || $state == unknown ]]; then
+        # --force. Revoke the old certificate in the CA database first, so index.txt and
+        # the CRL written below both say it is no longer good. One this CA did not sign
+        # (unknown, and failing verification) is only moved aside.
+        if [[ $state == valid ]] ||
+            openssl verify -CAfile "$CA_DIR/ca.crt" "$crt" >/dev/null 2>&1; then
+            ossl ca -batch -config "$CNF" -revoke "$crt" -crl_reason superseded
+            revoked_old=1
+            echo "revoked $show/$name.crt"
+        fi
+    fi
     if [[ $frontend -eq 1 ]]; then subj+="/OU=frontend"; fi
     subj+="/CN=$name"
     ku="critical, digitalSignature"
@@ -293,21 +385,22 @@ EOF
     ossl ca -batch -config "$CNF" -rand_serial -notext -md sha256 -days "$days" \
         -extfile "$TMP/ext.cnf" -extensions leaf -in "$TMP/leaf.csr" -out "$TMP/leaf.crt"
     mkdir -p -- "$dir"
+    if [[ $state != none ]]; then
+        # Moved aside, not deleted: the old pair stays at hand (e.g. to check a log).
+        serial=$(cert_serial "$crt" "$show/$name.crt")
+        mkdir -p -- "$dir/previous"
+        if [[ -f $dir/$name.key ]]; then mv -f -- "$dir/$name.key" "$dir/previous/$serial.key"; fi
+        mv -f -- "$crt" "$dir/previous/$serial.crt"
+        echo "moved the $state certificate to $show/previous/$serial.crt"
+    fi
     mv -f -- "$TMP/leaf.key" "$dir/$name.key"
     mv -f -- "$TMP/leaf.crt" "$dir/$name.crt"     # last: NAME.crt marks a complete cert
     echo "wrote $show/$name.key"
     echo "wrote $show/$name.crt"
-}
-
-# Prints the index.txt status letter (V, R, E) of a cert, or nothing.
-db_status() {
-    local serial
-    serial=$(openssl x509 -in "$1" -noout -serial 2>/dev/null) || die "cannot read certificate $2"
-    serial=${serial#serial=}
-    awk -F'\t' -v s="$serial" '
-        function norm(x) { x = toupper(x); sub(/^0+/, "", x); return x }
-        norm($4) == norm(s) { st = $1 }
-        END { if (st != "") print st }' "$CA_DIR/index.txt"
+    if [[ $revoked_old -eq 1 ]]; then
+        write_crl
+        sighup_hint
+    fi
 }
 
 revoke() {
@@ -322,11 +415,33 @@ revoke() {
         echo "revoked $show"
     fi
     write_crl
+    sighup_hint
+}
+
+list_certs() {
+    local d n crt width=4
+    local -a names=() expires=() states=()
+    have_ca || die "no CA in $CA_SHOW; issue a certificate first"
+    for d in "$KS"/*/; do
+        n=${d%/}
+        n=${n##*/}
+        crt=$KS/$n/$n.crt
+        [[ $n != ca && -f $crt ]] || continue
+        names+=("$n")
+        expires+=("$(not_after "$crt")")
+        states+=("$(cert_state "$crt" "$ks_arg/$n/$n.crt")")
+        [[ ${#n} -le $width ]] || width=${#n}
+    done
+    printf "%-${width}s  %-20s  %s\n" NAME EXPIRES STATUS
+    for d in "${!names[@]}"; do
+        printf "%-${width}s  %-20s  %s\n" "${names[d]}" "${expires[d]}" "${states[d]}"
+    done
 }
 
 case $cmd in
     issue) issue ;;
     revoke) revoke ;;
+    list) list_certs ;;
     crl)
         have_ca || die "no CA in $CA_SHOW; issue a certificate first"
         write_crl ;;

@@ -1,15 +1,22 @@
 """``sqlflow_playground client [CONNECTION] [--output text|json] COMMAND``: the playground
 from a terminal or a script, with the settings the notebook magic reads by default.
 
+A process job's command goes after ``--`` (``run process --follow -- prog arg --opt``: every
+word after ``--`` is the command) or as ``--command-json '["prog", "arg"]'``. The older
+``--command prog arg`` still takes every word after it, so it is refused when one of those
+words is also an option of ``run``/``submit`` (``--follow``, ``-o``, …): the error says what
+to write instead rather than handing the option to the program.
+
 Exit codes: 0 success, 1 a server error or a job that did not succeed (``run``), 2 a usage
 error, 130 interrupted (a job being followed is cancelled first)."""
 import argparse
 import json
+import shlex
 import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from .client import Body, PlaygroundClient, PlaygroundClientError
 
@@ -124,6 +131,133 @@ def spec_of(args: argparse.Namespace) -> Any:
         raise ValueError(f"--spec is not valid JSON: {e}") from None
 
 
+JOB_COMMANDS = ("run", "submit")
+# Options of the top level that take a value (so that value is not the sub-command).
+VALUE_OPTIONS = ("--server", "--ca", "--cert", "--key", "--user", "--output", "-o")
+
+
+def command_index(argv: Sequence[str]) -> Optional[int]:
+    """Where the sub-command is in argv (skipping the connection options before it)."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return i
+        long_name = word.startswith("--") and "=" not in word
+        if word == "-o" or long_name and any(o.startswith(word) for o in VALUE_OPTIONS
+                                             if o.startswith("--")):
+            i += 1  # its value
+        i += 1
+    return None
+
+
+class Split(NamedTuple):
+    words: List[str]                 # what argparse parses
+    form: Optional[str] = None       # "--" or "--command": how the command was given
+    before: Sequence[str] = ()       # the words before that marker
+    command: Optional[List[str]] = None  # the words after it
+
+
+def split_argv(argv: List[str]) -> Split:
+    """``run TASK [options] -- PROG ARG…`` (or the older ``--command PROG ARG…``): every
+    word after the first ``--`` or ``--command`` is the command, cut off before argparse."""
+    at = command_index(argv)
+    if at is None or argv[at] not in JOB_COMMANDS:
+        return Split(argv)
+    for i in range(at + 1, len(argv)):
+        if argv[i] in ("--", "--command"):
+            return Split(argv[:i], argv[i], argv[:i], argv[i + 1:])
+        if argv[i].startswith("--command="):
+            return Split(argv[:i], "--command", argv[:i],
+                         [argv[i].split("=", 1)[1]] + argv[i + 1:])
+    return Split(argv)
+
+
+def takes_value(parser: argparse.ArgumentParser, option: str) -> bool:
+    action = parser._option_string_actions.get(option)  # noqa: SLF001
+    return action is not None and action.nargs != 0
+
+
+def cli_option(word: str, parser: argparse.ArgumentParser) -> Optional[str]:
+    """The option of `parser` that `word` would be if argparse read it, else None: an
+    exact option, ``--opt=value``, an abbreviation (``--fol``), or ``-fVALUE``/``-oVALUE``."""
+    options = parser._option_string_actions  # noqa: SLF001
+    if word.startswith("--") and word != "--":
+        name = word.split("=", 1)[0]
+        if name in options:
+            return name
+        matches = [o for o in options if o.startswith("--") and o.startswith(name)]
+        return matches[0] if len(matches) == 1 else (name if matches else None)
+    if word.startswith("-") and len(word) > 1 and word[:2] in options:
+        return word[:2]
+    return None
+
+
+def ambiguous_command(split: Split, args: argparse.Namespace,
+                      parser: argparse.ArgumentParser) -> Optional[str]:
+    """Why ``--command`` … is ambiguous, and what to write instead; None if it is not."""
+    words = split.command or []
+    clashing = [w for w in words if cli_option(w, parser)]
+    if not clashing:
+        return None
+    moved: List[str] = []
+    program: List[str] = []
+    i = 0
+    while i < len(words):
+        option = cli_option(words[i], parser)
+        if option:
+            moved.append(words[i])
+            inline = "=" in words[i] or not words[i].startswith("--") and len(words[i]) > 2
+            if takes_value(parser, option) and not inline and i + 1 < len(words):
+                moved.append(words[i + 1])
+                i += 1
+        else:
+            program.append(words[i])
+        i += 1
+    prog, before = "sqlflow_playground client", list(split.before)
+    named = ", ".join(f"`{w}`" for w in clashing)
+    return (f"ambiguous: {named} after --command could be meant for `{args.cmd}` or for "
+            f"your program (--command hands every word after it to the program). Put the "
+            f"command after `--`, with the options of `{args.cmd}` before it:\n"
+            f"  {prog} {shlex.join(before + moved + ['--'] + program)}\n"
+            f"or, if {named} {'is' if len(clashing) == 1 else 'are'} for the program, "
+            f"give the command as JSON:\n"
+            f"  {prog} {shlex.join(before + ['--command-json', json.dumps(words)])}")
+
+
+def check_job_args(split: Split, args: argparse.Namespace,
+                   parser: argparse.ArgumentParser) -> Optional[str]:
+    """Settle where a run/submit's spec comes from (setting args.command for a process
+    command); an error message if it cannot be settled."""
+    given = [name for name, value in (("--spec", args.spec), ("--sql", args.sql),
+                                       ("--command-json", args.command_json))
+             if value is not None] + ([f"{split.form} PROG"] if split.form else [])
+    if not given:
+        return ("give the job: -- PROG [ARG ...] (a process command), --command-json "
+                "'[\"PROG\", \"ARG\"]', --sql SQL or --spec JSON")
+    if len(given) > 1:
+        return f"give the job one way only, not {' and '.join(given)}"
+    if split.form:
+        if not split.command:
+            return (f"nothing after `{split.form}`: write the command there, "
+                    "e.g. -- python -c 'print(42)'")
+        args.command = split.command
+        return ambiguous_command(split, args, parser) if split.form == "--command" else None
+    if args.command_json is not None:
+        try:
+            command = json.loads(args.command_json)
+        except ValueError as e:
+            return f"--command-json is not valid JSON: {e}"
+        if not (isinstance(command, list) and command
+                and all(isinstance(w, str) for w in command)):
+            return ("--command-json must be a non-empty JSON list of strings, e.g. "
+                    "'[\"python\", \"-c\", \"print(42)\"]'")
+        args.command = command
+    return None
+
+
 def run(client: PlaygroundClient, args: argparse.Namespace, as_json: bool) -> int:
     submitted = client.submit(args.task_type, spec_of(args), args.task_version)
     token = submitted["token"]
@@ -213,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 success; 1 server error, or `run` of a job that did not "
                "succeed; 2 usage error; 130 interrupted (a job being run is cancelled)")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+    parser.commands = {}  # type: ignore[attr-defined]
 
     def add(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=text, description=text)
@@ -227,17 +362,30 @@ def build_parser() -> argparse.ArgumentParser:
     add("plugins", "list the task types the server offers")
     for name, text in (("submit", "submit a job and print its token"),
                        ("run", "submit a job and wait for it; exit 0 if it SUCCEEDED")):
-        p = add(name, text)
+        example = f"{name} process{' --follow' if name == 'run' else ''}"
+        p = sub.add_parser(
+            name, parents=[common], help=text, description=text,
+            usage=f"%(prog)s TASK_TYPE [--task-version V]{' [--follow]' if name == 'run' else ''}"
+                  " [connection options]\n"
+                  "         (--sql SQL | --spec JSON | --command-json JSON | -- PROG [ARG ...])",
+            epilog="A process command goes last, after `--`: every word after it is the "
+                   f"command, options included (`{example} -- python -c 'print(42)' "
+                   "--verbose`). Or give it as --command-json "
+                   "'[\"python\", \"-c\", \"print(42)\"]'.")
+        parser.commands[name] = p
         p.add_argument("task_type", metavar="TASK_TYPE", help="sql, process, pod, …")
         p.add_argument("--task-version", help="the task type's version (default: newest)")
         if name == "run":
             p.add_argument("--follow", "-f", action="store_true",
                            help="print messages and tables as they arrive")
-        spec = p.add_mutually_exclusive_group(required=True)
+        spec = p.add_mutually_exclusive_group()
         spec.add_argument("--spec", help="the job's spec as JSON")
         spec.add_argument("--sql", help='shorthand for --spec \'{"sql": SQL}\'')
+        spec.add_argument("--command-json", metavar="JSON",
+                          help='a process command as a JSON list: \'["PROG", "ARG"]\'')
         spec.add_argument("--command", nargs=argparse.REMAINDER, metavar="ARG",
-                          help="shorthand for a process spec; takes every argument after it")
+                          help="older form of `-- PROG [ARG ...]`; refused when a word after "
+                               "it is also an option here (e.g. --follow)")
     p = add("fetch", "print a job's output since a cursor")
     p.add_argument("token", metavar="TOKEN")
     p.add_argument("--since", default="", metavar="CURSOR", help="the `next` of a fetch")
@@ -248,7 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = split_argv(argv)
+    args = parser.parse_args(split.words)
+    if args.cmd in JOB_COMMANDS:
+        job_parser = parser.commands[args.cmd]  # type: ignore[attr-defined]
+        problem = check_job_args(split, args, job_parser)
+        if problem:
+            job_parser.error(problem)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     as_json = getattr(args, "output", "text") == "json"
     settings = {k: getattr(args, k, None) for k in ("server", "ca", "cert", "key")}

@@ -22,8 +22,8 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 class Process:
     """A child process whose merged output is read line by line in the background."""
 
-    def __init__(self, args, cwd):
-        self.proc = subprocess.Popen(args, cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+    def __init__(self, args, cwd, env=None):
+        self.proc = subprocess.Popen(args, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.lines: "queue.Queue[str]" = queue.Queue()
         self.output = []
@@ -147,3 +147,139 @@ def test_insecure_flag_serves_plain_http(tmp_path, processes):
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert json.loads(resp.read())["user_id"] == "dev"
     assert server.stop() == 0
+
+
+# -- `sqlflow_playground client run process`: where the command ends --------------------
+
+CLIENT = [sys.executable, "-m", "sqlflow_playground", "client"]
+# The README's line (section "For users"), as the test runs it: `python` is this interpreter.
+README_RUN_PROCESS = "sqlflow_playground client run process --follow -- python -c 'print(42)'"
+
+
+@pytest.fixture
+def client_env(certs, make_server):
+    server = make_server(enable_process_jobs=True)
+    env = {k: v for k, v in ENV.items()
+           if not k.startswith(("SQLFLOW_PLAYGROUND", "SQLFLOW_JUPYTER"))}
+    return {**env, "SQLFLOW_PLAYGROUND_SERVER": f"https://127.0.0.1:{server.port}",
+            "SQLFLOW_PLAYGROUND_SERVER_CA": certs.ca,
+            "SQLFLOW_PLAYGROUND_CLIENT_CERT": str(certs.dir / "alice" / "alice.crt"),
+            "SQLFLOW_PLAYGROUND_CLIENT_KEY": str(certs.dir / "alice" / "alice.key"),
+            "SQLFLOW_PLAYGROUND_USER_ID_ENV": "SQLFLOW_USER_ID", "SQLFLOW_USER_ID": "alice"}
+
+
+def client(env, *args, code=0):
+    done = subprocess.run(CLIENT + list(args), env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == code, (done.stdout, done.stderr)
+    return done
+
+
+def readme_argv(line):
+    words = shlex.split(line)
+    assert words[:2] == ["sqlflow_playground", "client"]
+    return CLIENT + [sys.executable if w == "python" else w for w in words[2:]]
+
+
+def jobs_of(env):
+    return json.loads(client(env, "-o", "json", "jobs").stdout)["jobs"]
+
+
+def test_readme_run_process_line_is_the_tested_one_and_works(client_env):
+    section = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    section = section.split("## For users", 1)[1]
+    [line] = [ln.split("#")[0].strip() for ln in section.splitlines()
+              if ln.startswith("sqlflow_playground client run process")]
+    assert line == README_RUN_PROCESS
+    done = subprocess.run(readme_argv(line), env=client_env, capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout) == (0, "42\n"), done.stderr
+
+
+def test_readme_form_streams_lines_before_the_job_ends(client_env, tmp_path):
+    # The job prints a line, then waits for a file that the test creates only once the
+    # CLI has shown that line: without streaming the job would never end (and the test
+    # would fail at wait_for), however fast or slow the machine is.
+    gate = tmp_path / "gate"
+    script = ("import os, sys, time\n"
+              "print('first', flush=True)\n"
+              "deadline = time.monotonic() + 60\n"
+              f"while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:\n"
+              "    time.sleep(0.05)\n"
+              "print('second' if os.path.exists(" + repr(str(gate)) + ") else 'no gate')\n")
+    argv = readme_argv(README_RUN_PROCESS)
+    argv[argv.index("print(42)")] = script
+    proc = Process(argv, tmp_path, client_env)
+    try:
+        run_gated(proc, gate, client_env)
+    finally:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait()
+
+
+def run_gated(proc, gate, client_env):
+    proc.wait_for(r"^first$")
+    [job] = jobs_of(client_env)
+    assert job["status"] == "RUNNING"  # the line arrived while the job still ran
+    gate.touch()
+    proc.wait_for(r"^second$")
+    assert proc.proc.wait(30) == 0
+    assert "SUCCEEDED" in "".join(proc.output)
+
+
+def test_everything_after_double_dash_is_the_command(client_env):
+    echo = [sys.executable, "-c", "import sys; print(sys.argv[1:])"]
+    done = client(client_env, "run", "process", "-o", "json", "--",
+                  *echo, "--follow", "-o", "text", "--", "--sql")
+    result = json.loads(done.stdout)  # `-o json` before `--` is the CLI's
+    assert result["status"] == "SUCCEEDED"
+    assert result["responses"] == [{"message": "['--follow', '-o', 'text', '--', '--sql']"}]
+    token = client(client_env, "submit", "process", "--", *echo, "-f").stdout.strip()
+    fetched = json.loads(client(client_env, "fetch", token, "--wait", "10", "-o", "json").stdout)
+    assert fetched["responses"][:1] == [{"message": "['-f']"}]
+    # The older form stays valid when no word after --command is an option of `run`.
+    old = client(client_env, "run", "process", "--follow", "--command", *echo, "-c", "x")
+    assert old.stdout == "['-c', 'x']\n"
+
+
+def test_command_json(client_env):
+    command = [sys.executable, "-c", "import sys; print(sys.argv[1:])", "--follow"]
+    done = client(client_env, "run", "process", "--command-json", json.dumps(command), "-f")
+    assert done.stdout == "['--follow']\n" and "SUCCEEDED" in done.stderr
+    for bad, says in (("[", "not valid JSON"), ('"ls"', "JSON list of strings"),
+                      ("[]", "JSON list of strings"), ('["ls", 1]', "JSON list of strings")):
+        assert says in client(client_env, "run", "process", "--command-json", bad,
+                              code=2).stderr
+    assert len(jobs_of(client_env)) == 1  # only the good one was submitted
+
+
+@pytest.mark.parametrize("words, options", [
+    (["--follow"], "`--follow`"),
+    (["-f"], "`-f`"),
+    (["--fol"], "`--fol`"),
+    (["-o", "json"], "`-o`"),
+    (["--output=json", "-f"], "`--output=json`, `-f`"),
+])
+def test_an_option_after_command_is_an_error_that_says_what_to_write(client_env, words,
+                                                                     options):
+    # The README's old line: `run process --command python -c 'print(42)' --follow`.
+    done = client(client_env, "run", "process", "--command", sys.executable, "-c",
+                  "print(42)", *words, code=2)
+    assert done.stdout == ""
+    assert f"ambiguous: {options} after --command" in done.stderr
+    program = shlex.join([sys.executable, "-c", "print(42)"])
+    assert f"client run process {shlex.join(words)} -- {program}\n" in done.stderr
+    as_json = json.dumps([sys.executable, "-c", "print(42)", *words])
+    assert f"--command-json {shlex.quote(as_json)}" in done.stderr
+    assert jobs_of(client_env) == []  # nothing was submitted
+
+
+def test_job_given_twice_or_not_at_all_is_an_error(client_env):
+    for args, says in ((["--sql", "SELECT 1", "--", "ls"], "one way only"),
+                       (["--command-json", '["ls"]', "--", "ls"], "one way only"),
+                       (["--"], "nothing after `--`"),
+                       (["--command"], "nothing after `--command`"),
+                       ([], "give the job")):
+        assert says in client(client_env, "run", "process", *args, code=2).stderr, args
+    assert jobs_of(client_env) == []

@@ -1,6 +1,8 @@
 """Tests for scripts/gen_cert.sh (needs bash and openssl on PATH)."""
+import asyncio
 import datetime
 import os
+import ssl
 import stat
 import subprocess
 from pathlib import Path
@@ -9,6 +11,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+
+from conftest import client_context, issue_with_ca, request
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gen_cert.sh"
 
@@ -164,13 +168,143 @@ def test_serials_are_random_and_unique(ks):
     assert len(serials) == 3 and all(s > 2**64 for s in serials)
 
 
-def test_existing_cert_is_kept(ks):
+def index_rows(ks):
+    """The CA database: (status letter, serial as int, reason) per line."""
+    rows = []
+    for line in (ks / "ca" / "index.txt").read_text().splitlines():
+        status, _expires, revoked, serial, _file, _subject = line.split("\t")
+        rows.append((status, int(serial, 16), revoked.partition(",")[2]))
+    return rows
+
+
+def revoked_serials(ks):
+    crl = x509.load_pem_x509_crl((ks / "ca" / "crl.pem").read_bytes())
+    return {r.serial_number for r in crl}
+
+
+def test_issuing_over_a_valid_cert_fails_and_says_to_use_force(ks):
     run("alice", ks=ks)
     crt = ks / "alice" / "alice.crt"
-    before = crt.read_bytes()
-    proc = run("alice", "--rsa", ks=ks)
-    assert "already exists" in proc.stdout and "alice.crt" in proc.stdout
-    assert crt.read_bytes() == before
+    before, crl = crt.read_bytes(), (ks / "ca" / "crl.pem").read_bytes()
+    proc = run("alice", "--rsa", ks=ks, check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "alice.crt exists (valid, expires " in proc.stderr
+    assert "add --force to revoke it and issue a new one" in proc.stderr
+    assert crt.read_bytes() == before and (ks / "ca" / "crl.pem").read_bytes() == crl
+    assert len(index_rows(ks)) == 1 and not (ks / "alice" / "previous").exists()
+
+
+def test_keep_keeps_a_valid_cert_and_exits_0(ks):
+    run("alice", ks=ks)
+    before = (ks / "alice" / "alice.crt").read_bytes()
+    proc = run("--keep", "alice", ks=ks)
+    assert "keeping it" in proc.stdout
+    assert (ks / "alice" / "alice.crt").read_bytes() == before and len(index_rows(ks)) == 1
+
+
+def test_force_reissues_revoking_the_old_cert_and_rewriting_the_crl(ks):
+    # The README's order: `server`, then `--force --san DNS:... server`.
+    run("server", ks=ks)
+    run("alice", ks=ks)
+    old = load_cert(ks / "server" / "server.crt")
+    old_key = (ks / "server" / "server.key").read_bytes()
+    proc = run("--force", "--san", "DNS:playground.example.com", "server", ks=ks)
+    new = load_cert(ks / "server" / "server.crt")
+    assert new.serial_number != old.serial_number
+    san = ext(new, ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost", "playground.example.com"]
+    assert (ks / "server" / "server.key").read_bytes() != old_key
+    # The old pair is moved aside, revoked (superseded) in index.txt and in the new CRL.
+    [aside] = (ks / "server" / "previous").glob("*.crt")  # named by the serial in hex
+    assert int(aside.stem, 16) == old.serial_number and load_cert(aside) == old
+    assert aside.with_suffix(".key").read_bytes() == old_key
+    rows = {serial: (status, reason) for status, serial, reason in index_rows(ks)}
+    assert rows[old.serial_number] == ("R", "superseded")
+    assert rows[new.serial_number] == ("V", "")
+    assert revoked_serials(ks) == {old.serial_number}
+    assert "wrote" in proc.stdout and "crl.pem" in proc.stdout
+    assert "kill -HUP <pid>" in proc.stdout
+    assert verify(ks, "server", crl=True).returncode == 0
+    assert verify(ks, "alice", crl=True).returncode == 0
+    # Forcing again revokes the second one too; both stay in the CRL.
+    run("--force", "server", ks=ks)
+    assert revoked_serials(ks) == {old.serial_number, new.serial_number}
+
+
+def test_a_revoked_name_is_reissued_without_force(ks):
+    run("alice", ks=ks)
+    old = load_cert(ks / "alice" / "alice.crt")
+    run("revoke", "alice", ks=ks)
+    crl = (ks / "ca" / "crl.pem").read_bytes()
+    proc = run("alice", ks=ks)
+    assert "moved the revoked certificate" in proc.stdout
+    new = load_cert(ks / "alice" / "alice.crt")
+    assert new.serial_number != old.serial_number
+    [aside] = (ks / "alice" / "previous").glob("*.crt")
+    assert load_cert(aside) == old
+    assert verify(ks, "alice", crl=True).returncode == 0  # the new one is good
+    assert (ks / "ca" / "crl.pem").read_bytes() == crl  # still lists the old one
+    assert revoked_serials(ks) == {old.serial_number}
+
+
+def test_an_expired_cert_is_reissued_without_force(ks):
+    run("alice", ks=ks)
+    # Replace alice's cert with an expired one that this CA signed (not in index.txt).
+    (ks / "alice" / "alice.crt").unlink()
+    (ks / "alice" / "alice.key").unlink()
+    (ks / "alice").rmdir()
+    issue_with_ca(ks, "alice", "alice", days_valid=(-30, -1))
+    assert "expired" in run("list", ks=ks).stdout
+    proc = run("alice", ks=ks)
+    assert "moved the expired certificate" in proc.stdout
+    assert verify(ks, "alice").returncode == 0
+
+
+def test_revoke_prints_the_sighup_hint(ks):
+    run("alice", ks=ks)
+    for _ in range(2):  # also when it was already revoked: the CRL was rewritten
+        out = run("revoke", "alice", ks=ks).stdout
+        assert "SIGHUP" in out and "kill -HUP <pid>" in out
+        assert out.index("crl.pem") < out.index("SIGHUP")
+
+
+def test_list_shows_names_expiry_and_revocation(ks):
+    run("server", ks=ks)
+    run("--days", "3", "alice", ks=ks)
+    run("bob", ks=ks)
+    run("revoke", "bob", ks=ks)
+    lines = run("list", ks=ks).stdout.splitlines()
+    assert lines[0].split() == ["NAME", "EXPIRES", "STATUS"]
+    table = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert sorted(table) == ["alice", "bob", "server"]
+    for name, status in (("alice", "valid"), ("bob", "revoked"), ("server", "valid")):
+        expires = load_cert(ks / name / f"{name}.crt").not_valid_after_utc
+        assert table[name] == [expires.strftime("%Y-%m-%d"), expires.strftime("%H:%M:%SZ"),
+                               status], name
+    assert table["alice"][0] != table["server"][0]  # 3 days against 825
+
+
+def test_list_without_a_ca_fails(ks):
+    proc = run("list", ks=ks, check=False)
+    assert proc.returncode == 1 and "no CA" in proc.stderr
+
+
+def test_reissued_cert_is_accepted_and_the_old_refused_after_crl_reload(make_server, ks):
+    for name in ("server", "erin"):
+        run(name, ks=ks)
+    server = make_server(ca_crt=str(ks / "ca" / "ca.crt"), crl=str(ks / "ca" / "crl.pem"),
+                         server_crt=str(ks / "server" / "server.crt"),
+                         server_key=str(ks / "server" / "server.key"))
+    old = client_context(ks, "erin")  # reads the files now
+    assert request(server.port, old, "GET", "/api/heart_beat").status == 200
+    run("--force", "erin", ks=ks)
+    new = client_context(ks, "erin")
+    assert request(server.port, old, "GET", "/api/heart_beat").status == 200  # not re-read
+    server.loop.call_soon_threadsafe(server.gateway.reload_tls)  # what SIGHUP does
+    server.call(asyncio.sleep(0))
+    assert request(server.port, new, "GET", "/api/heart_beat").body["user_id"] == "erin"
+    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+        request(server.port, old, "GET", "/api/heart_beat")
 
 
 def test_all_certs_pass_strict_openssl_verify(ks):
@@ -224,7 +358,8 @@ def test_crl_command_refreshes_crl(ks):
 @pytest.mark.parametrize("args", [
     [], ["--bogus", "alice"], ["-x", "alice"], ["ca"], ["CRL"], ["revoke"], ["_bad"],
     ["bad/name"], ["a" * 64], ["alice", "bob"], ["--days", "0", "alice"],
-    ["--san", "nonsense", "alice"], ["revoke", "--rsa", "alice"],
+    ["--san", "nonsense", "alice"], ["revoke", "--rsa", "alice"], ["list", "x"],
+    ["--force", "list"], ["--force", "--keep", "alice"], ["LIST"], ["--force", "crl"],
 ])
 def test_invalid_usage_exits_2_without_side_effects(ks, args):
     proc = run(*args, ks=ks, check=False)
