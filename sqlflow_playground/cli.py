@@ -67,7 +67,9 @@ def ensure_demo_certs(key_store: Path) -> None:
     env = {**os.environ, "KEY_STORE": str(key_store)}
     script = find_gen_cert()
     for name in ("server", DEMO_CLIENT):
-        subprocess.run(["bash", script, name], env=env, check=True, stdout=subprocess.DEVNULL)
+        # --keep: a second start keeps the certificates (gen_cert.sh refuses otherwise).
+        subprocess.run(["bash", script, "--keep", name], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
 
 
 def demo_curl(key_store: Path, port: int) -> str:
