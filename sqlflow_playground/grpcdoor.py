@@ -29,6 +29,7 @@ token keyed with the owner's data source, which only its holder could have been 
 bare token (say, one seen in a listing) is refused.
 """
 import base64
+import collections
 import hashlib
 import hmac
 import logging
@@ -53,7 +54,9 @@ log = logging.getLogger(__name__)
 FETCH_WAIT_S = 1.0  # a Fetch of a running job waits this long for news (the client then sleeps 2 s)
 CLIENT_RECEIVE_LIMIT = 4 << 20  # gRPC's default max receive size: the deployed client's
 ANSWER_MARGIN = 64 << 10  # room for the FetchResponse around its responses
-MAX_REQUEST_BYTES = 4 << 20  # a Run's cell (the REST side takes no larger body either)
+MAX_REQUEST_BYTES = 1 << 20  # a Run's cell: as large as a REST body may be
+MAX_CONCURRENT_CALLS = 4096  # beyond, gRPC answers RESOURCE_EXHAUSTED
+PROOF_CACHE_SIZE, PROOF_CACHE_S = 4096, 30.0  # see _by_proof
 ENGINE_RE = re.compile(r"\bTO\s+(TRAIN|PREDICT|EXPLAIN|EVALUATE|RUN)\b|^\s*SHOW\s+TRAIN\b",
                        re.IGNORECASE)
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -118,31 +121,36 @@ class SQLFlowDoor(pb_grpc.SQLFlowServicer):
         self.relay = relay  # tlsrelay.TlsRelay, None when the door serves plain gRPC
         page = jobs.settings.fetch_page_bytes
         self.answer_bytes = max(1, min(page, CLIENT_RECEIVE_LIMIT - ANSWER_MARGIN))
+        #: (token, proof) -> (owner, when proven): a polling client's next Fetches skip
+        #: the two store reads that prove it
+        self._proven: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
 
     # -- the two methods -------------------------------------------------------------
 
     async def Run(self, request: pb.Request, context) -> Any:
-        started = time.monotonic()
-        code = grpc.StatusCode.OK
-        try:
-            job_id = await self._run(request, context)
-        except (_Refused, PlaygroundError) as e:
-            code, message = _refusal(e)
-            self._observe("Run", code, started)
-            await context.abort(code, message)
-        self._observe("Run", code, started)
+        job_id = await self._call("Run", self._run, request, context)
         yield pb.Response(job=pb.Job(id=job_id))
 
     async def Fetch(self, request: pb.FetchRequest, context) -> pb.FetchResponse:
+        return await self._call("Fetch", self._fetch, request, context)
+
+    async def _call(self, method: str, work, request, context) -> Any:
+        """``work``'s answer; a refusal as its status with a clear message, a bug as
+        INTERNAL without its details (they are in the server log), and never a trace."""
         started = time.monotonic()
         try:
-            answer = await self._fetch(request, context)
+            answer = await work(request, context)
         except (_Refused, PlaygroundError) as e:
             code, message = _refusal(e)
-            self._observe("Fetch", code, started)
-            await context.abort(code, message)
-        self._observe("Fetch", grpc.StatusCode.OK, started)
-        return answer
+        except Exception:
+            log.exception("gRPC %s failed", method)
+            code, message = grpc.StatusCode.INTERNAL, \
+                "internal error of the playground; its log says more"
+        else:
+            self._observe(method, grpc.StatusCode.OK, started)
+            return answer
+        self._observe(method, code, started)
+        await context.abort(code, message)
 
     # -- Run ------------------------------------------------------------------------
 
@@ -273,11 +281,18 @@ class SQLFlowDoor(pb_grpc.SQLFlowServicer):
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED,
                            "this job id carries no proof of who you are: use the id Run "
                            "returned, or present a client certificate")
+        now = time.monotonic()
+        proven = self._proven.get((token, proof))
+        if proven is not None and now - proven[1] < PROOF_CACHE_S:
+            return Identity(name=proven[0])
         job = await self.runner.run(self.store.get_job, token)
         owner = job and await self.runner.run(self.store.get_user, job["user_id"])
         expected = fetch_proof(owner.get("data_source") or "", token) if owner else ""
         if not hmac.compare_digest(expected.encode(), proof.encode()) or not expected:
             raise NotFound("no such job")  # as REST says it of another user's job
+        self._proven[(token, proof)] = (job["user_id"], now)
+        while len(self._proven) > PROOF_CACHE_SIZE:
+            self._proven.popitem(last=False)
         return Identity(name=job["user_id"])
 
     # -- helpers ----------------------------------------------------------------------
@@ -314,7 +329,7 @@ def _refusal(error: Exception) -> Tuple[grpc.StatusCode, str]:
 
 async def start_door(door: SQLFlowDoor, address: str) -> Tuple[grpc.aio.Server, int]:
     """A gRPC server on the running loop serving ``door`` in plain text at ``address``."""
-    server = grpc.aio.server(options=[
+    server = grpc.aio.server(maximum_concurrent_rpcs=MAX_CONCURRENT_CALLS, options=[
         ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
         ("grpc.max_send_message_length", CLIENT_RECEIVE_LIMIT),
         ("grpc.so_reuseport", 0),

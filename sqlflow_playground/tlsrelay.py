@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 10.0
 SWEEP_EVERY_S = 1.0
-HIGH_WATER = 256 << 10  # bytes buffered towards one side before the other is paused
+MAX_PENDING_BYTES = 1 << 20  # held while the relay connects to the gRPC server
 
 
 class _Side(asyncio.Protocol):
@@ -49,6 +49,9 @@ class _Side(asyncio.Protocol):
         self.relay.last_active = time.monotonic()
         if self.pending or self.peer.transport is None:  # in order, after what waits
             self.pending.append(data)
+            if sum(map(len, self.pending)) > MAX_PENDING_BYTES:
+                self.relay.close()
+                return
             if self.transport is not None:  # (start_tls may deliver before it returns)
                 self.transport.pause_reading()
         else:

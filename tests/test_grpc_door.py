@@ -94,6 +94,7 @@ def test_on_mysql_values_keep_their_types_and_dates_come_as_text(make_server, ce
         ds = door.create_db("alice")
         assert has_secret(ds)  # the MySQL provisioner's data source holds a password
         cell = run_cell(door.stub(), """
+            DROP TABLE IF EXISTS t;
             CREATE TABLE t (i BIGINT, f DOUBLE, s VARCHAR(10), d DATE, ts DATETIME,
                             dec_ DECIMAL(6, 2), n INT);
             INSERT INTO t VALUES (-7, 0.25, 'ü', '2024-02-29', '2024-02-29 13:14:15',

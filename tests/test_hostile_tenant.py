@@ -243,8 +243,9 @@ def test_no_route_takes_a_data_source(lite):
         resp = lite.alice(method, path, body)
         assert resp.status == status, (path, resp.body)
     databases = sqlite_provisioner.databases_directory(os.path.dirname(lite.store_path))
-    assert lite.server.gateway.store.get_user("alice")["data_source"] == \
-        "sqlite:///" + sqlite_provisioner.database_path(databases, "alice")
+    kept = lite.server.gateway.store.get_user("alice")["data_source"]
+    assert sqlite_provisioner.data_source_path(kept) == \
+        sqlite_provisioner.database_path(databases, "alice") and evil not in kept
 
 
 def test_sqlite_files_are_private_from_the_start_and_never_through_a_link(tmp_path, monkeypatch):
