@@ -369,3 +369,51 @@ def test_calls_are_counted_in_metrics(door):
 ])
 def test_statements_that_need_the_engine_are_told_apart(statement, engine):
     assert needs_engine(statement) is engine
+
+
+def test_a_newly_revoked_certificate_is_refused_after_sighup(make_server, certs, tmp_path):
+    from conftest import gen_cert
+    ks = tmp_path / "ks"
+    for name in ("server", "erin"):
+        gen_cert(ks, name)
+    server = make_server(grpc_port=free_port(), ca_crt=str(ks / "ca" / "ca.crt"),
+                         crl=str(ks / "ca" / "crl.pem"),
+                         server_crt=str(ks / "server" / "server.crt"),
+                         server_key=str(ks / "server" / "server.key"))
+    request(server.port, client_context(ks, "erin"), "POST", "/api/create_db")
+
+    def run_as_erin():
+        key = (ks / "erin" / "erin.key").read_bytes()
+        cert = (ks / "erin" / "erin.crt").read_bytes()
+        with channel(server.gateway.grpc_port, str(ks / "ca" / "ca.crt"), key, cert) as ch:
+            return run_cell(pb_grpc.SQLFlowStub(ch), "SELECT 1 AS one", session(), QUICK)
+
+    assert run_as_erin().tables == [(["one"], [[1]])]
+    gen_cert(ks, "revoke", "erin")
+    server.loop.call_soon_threadsafe(server.gateway.reload_tls)
+    server.call(__import__("asyncio").sleep(0))
+    with pytest.raises(grpc.RpcError) as info:
+        run_as_erin()
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_without_tls_the_door_is_plain_grpc_and_knows_callers_by_data_source(make_server):
+    server = make_server(grpc_port=free_port(), insecure=True, ca_crt=None, crl=None,
+                         server_crt=None, server_key=None)
+    import http.client
+    import json
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/api/create_db", body=json.dumps({"user_id": "alice"}))
+    ds = json.loads(conn.getresponse().read())["data_source"]
+    conn.close()
+    with grpc.insecure_channel(f"127.0.0.1:{server.gateway.grpc_port}") as ch:
+        stub = pb_grpc.SQLFlowStub(ch)
+        assert run_cell(stub, "SELECT 'plain' AS p", session(ds), QUICK).tables == \
+            [(["p"], [["plain"]])]
+        error = refused(stub.Run, pb.Request(sql="SELECT 1", session=session()))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_door_is_off_with_port_0(make_server):
+    server = make_server(grpc_port=0)
+    assert server.gateway.grpc_port is None and server.gateway.grpc_server is None
