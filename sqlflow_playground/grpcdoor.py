@@ -335,9 +335,13 @@ async def start_door(door: SQLFlowDoor, address: str) -> Tuple[grpc.aio.Server, 
         ("grpc.so_reuseport", 0),
     ])
     pb_grpc.add_SQLFlowServicer_to_server(door, server)
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio's word for a port it cannot bind
+        port = 0
     if not port:
-        raise OSError(f"cannot listen on {address} for gRPC")
+        raise OSError(f"cannot listen on {address} for gRPC (--grpc_port): is the port "
+                      "in use?")
     await server.start()
     return server, port
 

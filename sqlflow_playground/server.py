@@ -200,7 +200,11 @@ class Gateway:
             inner_port, lambda cert: identity_from_cert(cert, c.frontend_certs),
             handshake_timeout_s=c.handshake_timeout_s,
             idle_timeout_s=c.idle_connection_timeout_s, max_connections=max_connections)
-        self.grpc_port = await self.grpc_relay.start(c.host, c.grpc_port)
+        try:
+            self.grpc_port = await self.grpc_relay.start(c.host, c.grpc_port)
+        except OSError as e:
+            await self.grpc_server.stop(None)  # not left for the loop's close to find
+            raise OSError(f"--grpc_port {c.grpc_port}: {e.strerror or e}") from None
         log.info("serving gRPC (SQLFlow Run/Fetch) on %s:%d", c.host or "*", self.grpc_port)
 
     def reload_tls(self) -> None:
