@@ -365,7 +365,7 @@ def test_deployment_runs_two_locked_down_replicas_with_probes():
     assert set(container["resources"]["requests"]) == {"cpu", "memory"}
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    for flag in ("--port=50052", "--ca_crt=/certs/ca.crt", "--server_key=/certs/server.key",
+    for flag in ("--port=50052", "--grpc_port=50051", "--ca_crt=/certs/ca.crt", "--server_key=/certs/server.key",
                  "--server_crt=/certs/server.crt", "--crl=/certs/crl.pem",
                  "--provisioner=kubernetes", "--namespace=sqlflow-playground",
                  "--health_port=8080", "--db_url_file=/secrets/db/db_url"):
@@ -375,8 +375,10 @@ def test_deployment_runs_two_locked_down_replicas_with_probes():
     assert mounts["/certs"]["secret"]["secretName"] == "sqlflow-playground-certs"
     assert "emptyDir" in mounts["/tmp"]
     service = the("Service")
-    assert service["spec"]["ports"] == [{"name": "https", "port": 50052, "targetPort": "https",
-                                         "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [
+        {"name": "https", "port": 50052, "targetPort": "https", "protocol": "TCP"},
+        {"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP"}]
+    assert {"name": "grpc", "containerPort": 50051, "protocol": "TCP"} in container["ports"]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert matches(service["spec"]["selector"], pod_labels)
 
