@@ -1,7 +1,7 @@
 """Child-process entry of the benchmark: runs ONE server and prints ``READY <port>``.
 
     python bench/_server_entry.py {ours,bare,slow,jobs} --ca_crt C --server_crt S --server_key K
-                                  --state_dir DIR [--slow_s 5]
+                                  --state_dir DIR [--slow_s 5] [--grpc_port N]
 
 ours  the real gateway: ``Config(...)`` served by ``sqlflow_playground.cli.serve``.
 jobs  the real gateway with the ``process`` task type enabled, quotas of 2000 jobs (per
@@ -10,6 +10,9 @@ bare  the floor: a Tornado app with one constant-JSON handler, same TLS context 
       HTTPServer settings as the gateway.
 slow  the real gateway, but its sqlite provisioner sleeps ``--slow_s`` in the blocking
       ``_create`` (which runs in the gateway's executor, as in production).
+
+``--grpc_port`` sets the gateway's gRPC door port (0: off); without it, the Config default
+(bench/grpc_fetch.py passes it; the other benchmarks leave it unset).
 
 All of them listen on an ephemeral port of 127.0.0.1, log at WARNING (so Tornado's access
 log is discarded alike in all of them) and stop on SIGTERM/SIGINT. With BENCH_PROFILE=PATH
@@ -61,9 +64,12 @@ async def until_signalled() -> None:
 # -- ours ------------------------------------------------------------------------
 
 def gateway_config(args: argparse.Namespace) -> Config:
-    return Config(port=0, host=HOST, ca_crt=args.ca_crt, server_crt=args.server_crt,
-                  server_key=args.server_key, state_dir=args.state_dir,
-                  executor_threads=EXECUTOR_THREADS, log_level=LOG_LEVEL)
+    config = Config(port=0, host=HOST, ca_crt=args.ca_crt, server_crt=args.server_crt,
+                    server_key=args.server_key, state_dir=args.state_dir,
+                    executor_threads=EXECUTOR_THREADS, log_level=LOG_LEVEL)
+    if args.grpc_port is not None:
+        config = config.replace(grpc_port=args.grpc_port)
+    return config
 
 
 async def run_ours(args: argparse.Namespace) -> None:
@@ -141,6 +147,8 @@ def main() -> None:
     for flag in ("--ca_crt", "--server_crt", "--server_key", "--state_dir"):
         parser.add_argument(flag, required=True)
     parser.add_argument("--slow_s", type=float, default=5.0)
+    parser.add_argument("--grpc_port", type=int, default=None,
+                        help="the gateway's gRPC door port, 0: off (default: Config's)")
     args = parser.parse_args()
     cli.setup_logging(LOG_LEVEL)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks to the log, for hangs

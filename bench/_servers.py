@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -88,8 +88,10 @@ class ServerProcess:
     """One server child. ``start()`` returns its port; ``stop()`` is safe to call twice."""
 
     def __init__(self, kind: str, keys: KeyStore, workdir: Path, core: Optional[int],
-                 slow_s: float = 5.0, profile_to: Optional[Path] = None):
+                 slow_s: float = 5.0, profile_to: Optional[Path] = None,
+                 extra_args: Sequence[str] = ()):
         self.kind = kind
+        self.extra_args = list(extra_args)  # more _server_entry.py flags, e.g. --grpc_port
         self.keys = keys
         self.workdir = workdir / kind
         self.core = core
@@ -105,7 +107,8 @@ class ServerProcess:
             sys.executable, str(ENTRY), self.kind,
             "--ca_crt", self.keys.ca,
             "--server_crt", self.keys.crt("server"), "--server_key", self.keys.key("server"),
-            "--state_dir", str(self.workdir / "state"), "--slow_s", str(self.slow_s)]
+            "--state_dir", str(self.workdir / "state"), "--slow_s", str(self.slow_s),
+            *self.extra_args]
         env = dict(os.environ)
         if self.profile_to:
             env["BENCH_PROFILE"] = str(self.profile_to)
