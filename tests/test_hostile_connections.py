@@ -371,7 +371,7 @@ def test_out_of_descriptors_neither_floods_the_log_nor_spins(certs, tmp_path):
                   server_crt=str(certs.dir / "server" / "server.crt"),
                   server_key=str(certs.dir / "server" / "server.key"),
                   state_dir=str(tmp_path / "state"), reap_interval_s=3600,
-                  heartbeat_flush_s=3600)
+                  heartbeat_flush_s=3600, grpc_port=0)
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen([sys.executable, "-c", OUT_OF_FDS_SERVER, json.dumps(config)],

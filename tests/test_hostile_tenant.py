@@ -34,7 +34,7 @@ def server_settings(certs, state_dir, **overrides):
                     server_crt=str(certs.dir / "server" / "server.crt"),
                     server_key=str(certs.dir / "server" / "server.key"),
                     state_dir=str(state_dir), log_level="debug",
-                    reap_interval_s=3600, heartbeat_flush_s=3600)
+                    reap_interval_s=3600, heartbeat_flush_s=3600, grpc_port=0)
     settings.update(overrides)
     return settings
 
