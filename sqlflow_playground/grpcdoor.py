@@ -44,6 +44,7 @@ from .errors import (BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge,
 from .identity import USER_ID_RE, Identity
 from .plugins.base import CANCELLED, SUCCEEDED
 from .plugins.sqlsplit import code_only, split_statements
+from .provisioners.mysql import without_address
 from .proto import sqlflow_pb2 as pb
 from .proto import sqlflow_pb2_grpc as pb_grpc
 from .proto.convert import to_pb
@@ -98,7 +99,9 @@ def has_secret(data_source: str) -> bool:
 
 
 def fetch_proof(data_source: str, token: str) -> str:
-    """What a certificate-less caller shows, beside the token, to fetch its job."""
+    """What a certificate-less caller shows, beside the token, to fetch its job. Keyed
+    with the data source's secret part: its MySQL address follows the server's flags."""
+    data_source = without_address(data_source)
     digest = hmac.new(data_source.encode(), b"sqlflow-playground fetch " + token.encode(),
                       hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode()[:PROOF_CHARS]
@@ -191,7 +194,10 @@ class SQLFlowDoor(pb_grpc.SQLFlowServicer):
             candidates = await self.runner.run(self.store.list_users)
         owner = None
         for user in candidates:  # every comparison in constant time, all of them made
-            if hmac.compare_digest(user.get("data_source") or "", given) and owner is None:
+            # The address is not part of the proof: it is the one users get now
+            # (--mysql_public_host), while the store keeps the one jobs use.
+            if hmac.compare_digest(without_address(user.get("data_source") or ""),
+                                   without_address(given)) and owner is None:
                 owner = user
         if owner is None:
             raise _Refused(grpc.StatusCode.PERMISSION_DENIED,

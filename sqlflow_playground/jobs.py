@@ -161,6 +161,10 @@ class JobService:
         # sees (a runner gone, no status yet) is not the job's end, so the tick waits
         self._stopping: set = set()
         self.boot = secrets.token_hex(8)  # this life of this replica, in its lease
+        # The data source a job connects with, from its owner's row: the Gateway sets the
+        # playground's (a MySQL host from the current flags, not the stored one).
+        self.data_source_of: Callable[[Dict[str, Any]], Optional[str]] = \
+            lambda user: user["data_source"]
 
     # -- requests ------------------------------------------------------------
 
@@ -177,7 +181,7 @@ class JobService:
             user = await self.runner.run(self.store.get_user, user_id)
             if user is None or user["status"] != READY:
                 raise Conflict(f"user {user_id!r} has no database yet; call /api/create_db first")
-            data_source = user["data_source"]
+            data_source = self.data_source_of(user)
         token = new_token()
         ctx = TaskContext(token=token, user_id=user_id, workdir=self._workdir(token),
                           data_source=data_source, page_bytes=self.settings.fetch_page_bytes,
@@ -362,7 +366,7 @@ class JobService:
         """Stop the work of a job that runs in this replica (plugin.delete: idempotent)."""
         plugin = self.registry.get(job["task_type"], job["version"])
         user = await self.runner.run(self.store.get_user, job["user_id"])
-        ctx = self._context(job, data_source=user["data_source"] if user else None)
+        ctx = self._context(job, data_source=self.data_source_of(user) if user else None)
         await self.registry.call(plugin.delete, ctx, job["meta"])
 
     # -- replicas ------------------------------------------------------------------

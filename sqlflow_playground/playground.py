@@ -95,13 +95,13 @@ class PlaygroundService:
                     if self.provisioner.is_alive(user_id, user["resource"]):
                         self._resources[user_id] = user["resource"]
                         self.heart_beat(user_id)
-                        return user, False
+                        return self.for_users(user), False
                     log.warning("the database of user %s is lost; provisioning it anew", user_id)
                 if user is None:
                     if await self.runner.run(self.store.begin_provisioning, user_id,
                                              self.provisioner.name, self.clock(),
                                              self.claimant, self._claim_expiry()):
-                        return await self._provision(user_id), True
+                        return self.for_users(await self._provision(user_id)), True
                 elif user["status"] == PROVISIONING:
                     if self._claim_is_dead(user) and await self._take_over(user, PROVISIONING):
                         try:
@@ -110,7 +110,7 @@ class PlaygroundService:
                             await self.runner.run(self.store.expire_claim, user_id,
                                                   self.claimant)
                             raise
-                        return await self._provision(user_id), True
+                        return self.for_users(await self._provision(user_id)), True
                 else:
                     # Vanished, or a release that was interrupted: finish the release first.
                     claimed = await self.runner.run(self.store.claim_for_release, user_id, None,
@@ -243,10 +243,30 @@ class PlaygroundService:
         user = await self.runner.run(self.store.get_user, user_id)
         if user is None:
             raise NotFound(f"user {user_id!r} has no database; call /api/create_db")
-        return self._with_pending_beat(user)
+        return self.for_users(self._with_pending_beat(user))
 
     async def list_users(self) -> List[Dict[str, Any]]:
         return [self._with_pending_beat(u) for u in await self.runner.run(self.store.list_users)]
+
+    # -- data sources ------------------------------------------------------------
+
+    def _data_source(self, user: Dict[str, Any], rewrite: Callable[[str], str]) -> str:
+        """The stored data source, its address taken from the current settings when the
+        row is this provisioner's (a kubernetes row's host is its own pod's Service)."""
+        data_source = user.get("data_source") or ""
+        if data_source and user.get("provisioner") == self.provisioner.name:
+            return rewrite(data_source)
+        return data_source
+
+    def for_users(self, user: Dict[str, Any]) -> Dict[str, Any]:
+        """The user's row with the data source as users get it (--mysql_public_host)."""
+        return {**user, "data_source": self._data_source(user,
+                                                         self.provisioner.public_data_source)}
+
+    def job_data_source(self, user: Dict[str, Any]) -> str:
+        """The data source the jobs this server runs connect with (the host of
+        --mysql_dsn): the public name may not resolve here."""
+        return self._data_source(user, self.provisioner.internal_data_source)
 
     # -- background work -----------------------------------------------------
 

@@ -101,6 +101,7 @@ class Gateway:
             max_output_bytes_per_user=config.max_output_bytes_per_user,
             replica=config.replica or socket.gethostname(),
             replica_lease_s=config.replica_lease_s))
+        self.jobs.data_source_of = self.playground.job_data_source
         self.reconciler = None
         if self.cluster is not None:
             from .reconcile import ClusterReconciler

@@ -154,3 +154,120 @@ def test_unreachable_mysql_server_is_a_503_not_a_leak(make_server, mariadb, cert
     assert server.call(server.gateway.playground.reap_idle()) == [uid]
     assert request(server.port, client_context(certs.dir, "front"), "GET",
                    f"/api/users/{uid}").status == 404
+
+
+# -- the host jobs use and the host users get (issue 13, item 7) -----------------------
+
+UNRESOLVABLE = "mysql.playground.invalid"  # .invalid never resolves (RFC 6761)
+
+
+def run_job(server, certs, uid, sql):
+    from conftest import fetch_until_eof
+
+    def fetch(*args, **kw):
+        return request(server.port, client_context(certs.dir, "front"), *args, **kw)
+    created = fetch("POST", "/api/jobs", {"user_id": uid, "task_type": "sql",
+                                          "spec": {"sql": sql}})
+    assert created.status == 201, created.body
+    page, responses, _ = fetch_until_eof(fetch, created.body["token"], timeout=60)
+    return page, responses
+
+
+def user_view(server, certs, uid):
+    resp = request(server.port, client_context(certs.dir, "front"), "GET", f"/api/users/{uid}")
+    assert resp.status == 200, resp.body
+    return parse(resp.body["data_source"])
+
+
+def test_sql_jobs_connect_through_the_dsn_host_whatever_users_are_told(make_server, mariadb,
+                                                                       certs, uid):
+    server = make_server(provisioner="mysql", mysql_dsn=mariadb,
+                         mysql_public_host=f"{UNRESOLVABLE}:13306")
+    ds = create(server, certs, uid)
+    assert (ds["host"], ds["port"]) == (UNRESOLVABLE, "13306")
+    assert user_view(server, certs, uid) == ds
+    page, responses = run_job(server, certs, uid, "SELECT 41 + 1 AS answer")
+    assert page["status"] == "SUCCEEDED", page["message"]
+    assert {"row": [42]} in responses
+    # The jobs' host is not written into what users see, nor is it in the store's row
+    # handed out anywhere: the store keeps the internal address, users get the public one.
+    row = server.gateway.store.get_user(uid)
+    assert "tcp(127.0.0.1:3306)" in row["data_source"]
+    delete(server, certs, uid)
+
+
+def test_a_restart_with_another_public_host_changes_what_users_see(make_server, mariadb,
+                                                                   certs, uid, tmp_path):
+    state = str(tmp_path / "shared_state")
+    first = make_server(provisioner="mysql", mysql_dsn=mariadb, state_dir=state,
+                        mysql_public_host=f"{UNRESOLVABLE}:13306")
+    before = create(first, certs, uid)
+    assert before["host"] == UNRESOLVABLE
+    first.stop()
+
+    # The maintainer corrects the flag: the same database, the same credentials, the
+    # new address, without delete_db.
+    second = make_server(provisioner="mysql", mysql_dsn=mariadb, state_dir=state,
+                         mysql_public_host="db.playground.example:3307")
+    resp = request(second.port, client_context(certs.dir, "front"), "POST", "/api/create_db",
+                   {"user_id": uid})
+    assert resp.status == 200 and resp.body["created"] is False
+    after = parse(resp.body["data_source"])
+    assert (after["host"], after["port"]) == ("db.playground.example", "3307")
+    assert {k: after[k] for k in ("user", "password", "db")} == \
+        {k: before[k] for k in ("user", "password", "db")}
+    assert user_view(second, certs, uid) == after
+    page, _ = run_job(second, certs, uid, "SELECT 1")
+    assert page["status"] == "SUCCEEDED", page["message"]
+    second.stop()
+
+    # Without the flag, users get the DSN's own address again.
+    third = make_server(provisioner="mysql", mysql_dsn=mariadb, state_dir=state)
+    assert (user_view(third, certs, uid)["host"], user_view(third, certs, uid)["port"]) == \
+        ("127.0.0.1", "3306")
+    delete(third, certs, uid)
+
+
+def test_a_database_made_before_the_split_keeps_working(make_server, mariadb, certs, uid):
+    # Rows written by an older server hold the public address; jobs still connect.
+    server = make_server(provisioner="mysql", mysql_dsn=mariadb,
+                         mysql_public_host=f"{UNRESOLVABLE}:13306")
+    ds = create(server, certs, uid)
+    store = server.gateway.store
+    row = store.get_user(uid)
+    frozen = row["data_source"].replace("tcp(127.0.0.1:3306)", f"tcp({UNRESOLVABLE}:13306)")
+    assert frozen != row["data_source"]
+    store.save_user(uid, "mysql", frozen, row["resource"], row["created_at"])
+    page, _ = run_job(server, certs, uid, "SELECT 1")
+    assert page["status"] == "SUCCEEDED", page["message"]
+    assert user_view(server, certs, uid) == ds
+    delete(server, certs, uid)
+
+
+@pytest.mark.parametrize("bad", ["host/x", "a)b", "h:port", "h:1:2", ""])
+def test_a_malformed_public_host_stops_the_start(mariadb, bad):
+    from sqlflow_playground.blocking import BlockingRunner
+    from sqlflow_playground.provisioners.mysql import MysqlProvisioner
+    if not bad:
+        MysqlProvisioner(BlockingRunner(1), mariadb, bad).close()  # empty: not set
+        return
+    with pytest.raises(ValueError, match="--mysql_public_host"):
+        MysqlProvisioner(BlockingRunner(1), mariadb, bad)
+
+
+def test_the_grpc_door_knows_a_user_by_the_public_data_source(make_server, mariadb, certs,
+                                                              uid):
+    from conftest import free_port
+    from sqlflow_client import channel, run_cell, session
+    from sqlflow_playground.proto import sqlflow_pb2_grpc as pb_grpc
+    server = make_server(provisioner="mysql", mysql_dsn=mariadb, grpc_port=free_port(),
+                         mysql_public_host=f"{UNRESOLVABLE}:13306")
+    resp = request(server.port, client_context(certs.dir, "front"), "POST", "/api/create_db",
+                   {"user_id": uid})
+    public = resp.body["data_source"]
+    assert UNRESOLVABLE in public
+    with channel(server.gateway.grpc_port, certs.ca) as ch:
+        cell = run_cell(pb_grpc.SQLFlowStub(ch), "SELECT 6 * 7 AS answer",
+                        session(public, uid), 0.1)
+    assert cell.tables == [(["answer"], [[42]])]
+    delete(server, certs, uid)

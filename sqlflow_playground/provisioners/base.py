@@ -42,6 +42,15 @@ class Provisioner(abc.ABC):
         the next ``create_db`` provisions it anew. Must be cheap: no I/O."""
         return True
 
+    def public_data_source(self, data_source: str) -> str:
+        """The data source as users get it (``create_db``, ``/api/users``), from what the
+        store keeps, by the current settings (e.g. ``--mysql_public_host``)."""
+        return data_source
+
+    def internal_data_source(self, data_source: str) -> str:
+        """The data source the jobs this server runs connect with."""
+        return data_source
+
     async def check(self) -> None:
         """Raise ``Unavailable`` if the backend cannot be reached."""
 

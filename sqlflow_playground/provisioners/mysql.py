@@ -4,11 +4,18 @@ Each tenant account is ``'USER'@'HOST'`` with HOST from ``--mysql_tenant_host`` 
 against a strict pattern at start; bound as a string literal in every statement) and
 ``MAX_USER_CONNECTIONS`` from ``--mysql_max_user_connections``, so one tenant cannot take
 all of the server's connections.
+
+Two addresses of the MySQL server: the one this gateway (and the jobs it runs) connects
+through, the host of ``--mysql_dsn``; and the one written into the data sources users get,
+``--mysql_public_host`` (default: the same). The store keeps a data source with the
+internal address, and both are rewritten from the current flags whenever a data source is
+read (``public_data_source``, ``internal_data_source``), so a corrected flag takes effect
+at the next start, for databases made before too.
 """
 import logging
 import re
 import secrets
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import sqlalchemy as sa
 
@@ -27,6 +34,31 @@ TENANT_HOST_RE = re.compile(r"^[A-Za-z0-9%_.:/-]{1,255}$")
 def sqlflow_data_source(user: str, password: str, host: str, port: int, database: str) -> str:
     """The MySQL data source in the form SQLFlow understands."""
     return f"mysql://{user}:{password}@tcp({host}:{port})/{database}?maxAllowedPacket=0"
+
+
+# mysql://USER:PASS@tcp(HOST:PORT)/DB?...: the parts around the address. The password is
+# greedy up to the last "@tcp(", as plugins/sql.py's MYSQL_RE reads it.
+_ADDRESS_RE = re.compile(r"^(?P<head>mysql://[^:@/]*:.*@tcp\()(?P<address>[^()]*)(?P<tail>\)/.*)$",
+                         re.DOTALL)
+
+
+def with_address(data_source: str, host: str, port: int) -> str:
+    """``data_source`` (SQLFlow's MySQL form) pointing at ``host:port``; any other
+    data source unchanged."""
+    m = _ADDRESS_RE.match(data_source)
+    return f"{m['head']}{host}:{port}{m['tail']}" if m else data_source
+
+
+def without_address(data_source: str) -> str:
+    """``data_source`` with its address left out (what proves who its holder is: the
+    account, its password and the database); any other data source unchanged."""
+    m = _ADDRESS_RE.match(data_source)
+    return f"{m['head']}{m['tail']}" if m else data_source
+
+
+def split_host_port(address: str, default_port: int) -> Tuple[str, int]:
+    host, _, port = address.partition(":")
+    return host, int(port) if port else default_port
 
 
 def admin_url(dsn: str) -> sa.engine.URL:
@@ -56,11 +88,17 @@ class MysqlProvisioner(Provisioner):
         # hide_parameters: the passwords we bind must never reach an error message or log.
         self.engine = sa.create_engine(url, hide_parameters=True, pool_pre_ping=True,
                                        pool_recycle=3600)
-        host, port = url.host or "127.0.0.1", url.port or 3306
+        # Jobs run by this gateway connect where it does; users get the public name.
+        self.internal_host, self.internal_port = url.host or "127.0.0.1", url.port or 3306
+        self.public_host, self.public_port = self.internal_host, self.internal_port
         if public_host:
-            host, _, given_port = public_host.partition(":")
-            port = int(given_port) if given_port else port
-        self.public_host, self.public_port = host, port
+            try:
+                self.public_host, self.public_port = split_host_port(public_host,
+                                                                     self.internal_port)
+            except ValueError:
+                raise ValueError("--mysql_public_host must be HOST or HOST:PORT") from None
+            if not re.match(r"^[A-Za-z0-9_.-]{1,255}$", self.public_host):
+                raise ValueError("--mysql_public_host must be HOST or HOST:PORT")
 
     def names_for(self, user_id: str) -> Dict[str, str]:
         return {"database": safe_name(user_id, "sfp_", DB_NAME_MAX),
@@ -71,10 +109,16 @@ class MysqlProvisioner(Provisioner):
         password = secrets.token_urlsafe(24)  # 32 characters from [A-Za-z0-9_-]
         await self._admin(self._create, names, password)
         return Provisioned(
-            data_source=sqlflow_data_source(names["user"], password, self.public_host,
-                                            self.public_port, names["database"]),
+            data_source=sqlflow_data_source(names["user"], password, self.internal_host,
+                                            self.internal_port, names["database"]),
             resource=names,
         )
+
+    def public_data_source(self, data_source: str) -> str:
+        return with_address(data_source, self.public_host, self.public_port)
+
+    def internal_data_source(self, data_source: str) -> str:
+        return with_address(data_source, self.internal_host, self.internal_port)
 
     def _create(self, conn: sa.Connection, names: Dict[str, str], password: str) -> None:
         db, account = names["database"], (names["user"], names["host"])
