@@ -58,10 +58,12 @@ class _Side(asyncio.Protocol):
             self.peer.transport.write(data)
 
     def eof_received(self):
-        if self.peer is not None and self.peer.transport is not None \
-                and self.peer.transport.can_write_eof():
+        """Pass a half-close on where the other end can take one; keep this end's write
+        side open only where its transport can (TLS cannot: it closes)."""
+        if self.peer.transport is not None and self.peer.transport.can_write_eof():
             self.peer.transport.write_eof()
-            return True  # keep our write side open for the other's remaining answer
+            if self.transport is not None and self.transport.can_write_eof():
+                return True  # the other's remaining answer still comes this way
         self.relay.close(graceful=True)
         return False
 

@@ -417,3 +417,15 @@ def test_without_tls_the_door_is_plain_grpc_and_knows_callers_by_data_source(mak
 def test_the_door_is_off_with_port_0(make_server):
     server = make_server(grpc_port=0)
     assert server.gateway.grpc_port is None and server.gateway.grpc_server is None
+
+
+def test_a_client_going_away_leaves_no_warning_and_no_connection(door, caplog):
+    ds = door.create_db("alice")
+    with channel(door.port, door.certs.ca) as ch:
+        run_cell(pb_grpc.SQLFlowStub(ch), "SELECT 1", session(ds, "alice"), QUICK)
+        relay = door.server.gateway.grpc_relay
+        assert len(relay.connections) == 1 and len(relay.identities) == 1
+    assert wait_until(lambda: not relay.connections and not relay.identities, 10)
+    noisy = [r.getMessage() for r in caplog.records
+             if r.levelname in ("WARNING", "ERROR") and r.name in ("asyncio", "grpc")]
+    assert noisy == []
