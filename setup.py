@@ -36,6 +36,12 @@ setup(
             "ipython>=8",
             "pytest>=7",
             "pytest-tornado>=0.8",
+            # tests/test_notebook.py executes a real notebook (issue 13): the kernel is this
+            # venv's python; .to_dataframe() needs pandas, which the package does not
+            "nbclient>=0.7",
+            "nbformat>=5.7",
+            "ipykernel>=6",
+            "pandas>=1.5",
         ],
         "bench": ["uvloop>=0.17"],
         "notebook": ["ipython>=8"],

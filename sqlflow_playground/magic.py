@@ -13,27 +13,42 @@ source as ``SQLFLOW_DATASOURCE``; then one daemon thread sends a heart beat ever
     %%sqlflow --task process           with --task, the cell is the JSON spec of that type
     {"command": ["python", "-c", "print(42)"]}
 
-Messages are printed as they arrive, each result set is displayed as a table (HTML in a
-browser, aligned text elsewhere). A job that does not succeed raises ``JobFailed`` so a
-notebook run stops there; interrupting the kernel cancels the job. The cell's value is
-None; the last job's final body (all responses included) is ``_sqlflow`` in the user
-namespace.
+While the job runs, one line shows its token, status and age and how to cancel
+(interrupting the kernel cancels the job), redrawn in place; when it ends, the same line
+gives the status, the time taken and the row count. Messages are printed as they arrive.
+
+The cell's value is a ``Result`` (results.py) when the job returned result sets: it draws
+them as tables (HTML in a browser, aligned text elsewhere; the head and tail of a large
+one, with "N rows × M columns"), and ``_.to_dataframe()`` in the next cell is the last
+one as a pandas DataFrame with typed columns (``_.tables[i].to_dataframe()`` for the
+others). A job with no result set (DDL only, a process job) gives no value. The last
+job's final body (all responses included) is ``_sqlflow`` in the user namespace.
+
+A job that does not succeed raises ``JobFailed`` so a notebook run stops there, after
+drawing the tables it returned; it and the client's errors (``PlaygroundClientError``:
+server down, refused, …) show as one line, not a traceback.
 """
 import atexit
-import html
+import functools
 import json
 import logging
 import os
 import threading
-from typing import Any, Dict, Optional, Sequence
+import time
+from typing import Any, Dict, Optional
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
+from IPython.core.displaypub import DisplayPublisher
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
 from .client import PlaygroundClient, PlaygroundClientError, environment
-from .client_cli import Statements, text_table
+from .client_cli import Statements
+from .results import Progress, Result, Table
+
+__all__ = ["JobFailed", "Result", "SQLFlowMagics", "Table", "load_ipython_extension",
+           "unload_ipython_extension"]
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +68,20 @@ class JobFailed(RuntimeError):
         return [f"JobFailed: {self}"]
 
 
-class Table:
-    """One result set: ``_repr_html_`` for a browser, an aligned text ``repr`` elsewhere."""
-
-    def __init__(self, head: Sequence[Any], rows: Sequence[Sequence[Any]]):
-        self.head, self.rows = list(head), [list(r) for r in rows]
-
-    def _repr_html_(self) -> str:
-        def cells(tag: str, values: Sequence[Any]) -> str:
-            return "".join(f"<{tag}>{'<i>NULL</i>' if v is None else html.escape(str(v))}"
-                           f"</{tag}>" for v in values)
-        body = "".join(f"<tr>{cells('td', row)}</tr>" for row in self.rows)
-        return (f"<table><thead><tr>{cells('th', self.head)}</tr></thead>"
-                f"<tbody>{body}</tbody></table>")
-
-    def __repr__(self) -> str:
-        return text_table(self.head, self.rows)
+def _one_line_errors(method):
+    """A cell whose PlaygroundClientError shows as one line (``_render_traceback_``, as
+    JobFailed), not a traceback through the client: it is an expected error (server
+    down, certificate refused, quota), its message says what happened. The exception is
+    re-raised as it is, type and attributes unchanged."""
+    @functools.wraps(method)
+    def cell(self, line: str, cell: str):
+        try:
+            return method(self, line, cell)
+        except PlaygroundClientError as e:
+            line = f"{type(e).__name__}: {e}"  # not `e` in the lambda: deleted after except
+            e._render_traceback_ = lambda: [line]
+            raise
+    return cell
 
 
 class HeartBeat:
@@ -140,7 +153,8 @@ class SQLFlowMagics(Magics):
     @argument("--task", default="sql", help="task type; other than sql, the cell is its JSON spec")
     @argument("--version", default=None, help="task type version (default: newest)")
     @cell_magic
-    def sqlflow(self, line: str, cell: str) -> None:
+    @_one_line_errors
+    def sqlflow(self, line: str, cell: str) -> Optional[Result]:
         """Run the cell as a playground job (see the module's documentation)."""
         args = parse_argstring(self.sqlflow, line)
         spec: Any = {"sql": cell}
@@ -161,16 +175,46 @@ class SQLFlowMagics(Magics):
             else:
                 client.create_db()
             token = client.submit(args.task, spec, args.version)["token"]
-        statements = Statements(print, lambda head, rows: display(Table(head, rows)))
+        return self._follow(client, token)
+
+    def _follow(self, client: PlaygroundClient, token: str) -> Optional[Result]:
+        """Follow the job with the live line; its Result, None without result sets."""
+        progress = Progress(token, live=type(self.shell.display_pub) is not DisplayPublisher)
+        tables, messages = [], []
+
+        def message(text: str) -> None:
+            messages.append(text)
+            print(text, flush=True)
+        statements = Statements(message, lambda head, rows: tables.append(Table(head, rows)))
+
+        def response(body: Dict[str, Any]) -> None:
+            if "row" in body:
+                progress.add_rows()
+            statements.feed(body)
+
+        def ended(status: Optional[str]) -> None:
+            statements.flush()
+            progress.finish(status, sum(len(t) for t in tables) if tables else None)
+            for table in tables:  # what the job returned before it stopped
+                display(table)
         try:
-            result = client.follow(token, on_response=statements.feed)
+            body = client.follow(token, on_response=response,
+                                 on_status=lambda b: progress.set_status(b.get("status")))
         except KeyboardInterrupt:
+            ended("CANCELLED")
             print(f"cancelled job {token}")
             raise
+        except BaseException:  # e.g. the server went away: the line must stop ticking
+            ended("UNKNOWN")
+            raise
         statements.flush()
-        self.shell.user_ns["_sqlflow"] = result
-        if result["status"] != "SUCCEEDED":
-            raise JobFailed(result)
+        result = Result(body, tables, messages, time.monotonic() - progress.started)
+        self.shell.user_ns["_sqlflow"] = body
+        if body["status"] != "SUCCEEDED":
+            ended(body["status"])
+            raise JobFailed(body)
+        progress.finish(body["status"], result.rows if tables else None)
+        return result if tables else None
 
     def close(self) -> None:
         if self.heartbeat is not None:
