@@ -373,3 +373,13 @@ def test_to_dataframe_says_how_to_get_pandas(monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # as if it were not installed
     with pytest.raises(ImportError, match=r"pip install pandas"):
         Table(["a"], [[1]]).to_dataframe()
+
+
+def test_a_terminal_gets_the_first_and_the_last_line_only(shell, capsys):
+    """Plain IPython prints every display: no ticking there, or a line per second."""
+    spec = json.dumps({"command": [PY, "-c", "import time; time.sleep(2.5)"]})
+    shell.run_cell_magic("sqlflow", "--task process", spec)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("job ")]
+    assert len(lines) == 2, lines
+    assert lines[0].endswith(" · interrupt the kernel to cancel")
+    assert " SUCCEEDED in " in lines[1]
