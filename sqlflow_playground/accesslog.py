@@ -3,6 +3,11 @@
 
 Logged: request id, identity, method, route template, path WITHOUT its query string (a
 query may hold cursors), status, duration, remote address. Never bodies or headers.
+2xx/3xx at INFO, 4xx at WARNING, 5xx at ERROR; a long poll (``GET /api/jobs/{token}?wait=``)
+that ended with nothing new at DEBUG: a follower makes one every ``wait`` seconds while its
+job is quiet, so at INFO each fetch that brought output (or the end) is one line, and the
+waits in between are none. The process's formatter (cli.py) puts these fields on one JSON
+line beside ``ts``, ``level`` and ``logger``, or renders them as text.
 """
 import json
 import logging
@@ -27,6 +32,8 @@ def request_id_for(headers: Any) -> str:
 def log_request(handler: Any) -> None:
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if level == logging.INFO and getattr(handler, "empty_wait", False):
+        level = logging.DEBUG
     if not access_log.isEnabledFor(level):
         return
     request = handler.request

@@ -2,34 +2,115 @@
 certificates and serves on the embedded defaults, printing a curl line that works."""
 import argparse
 import asyncio
+import datetime
+import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, effective_settings, load_config
 from .errors import PlaygroundError
 from .server import Gateway
 
 log = logging.getLogger("sqlflow_playground")
 
 DEMO_CLIENT = "demo"
+ACCESS_LOGGER = "sqlflow_playground.access"
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Access lines are JSON documents of their own: no prefix, so log shippers parse them.
-    access = logging.getLogger("sqlflow_playground.access")
+# Defence in depth: whatever slips into a message, a URL's password and a data source's
+# secret are masked on the way out (the code never logs them on purpose).
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s\"']*:)[^@\s\"']+@")
+_SECRET_PARAM = re.compile(r"((?:secret|password)=)[^&\s\"']+")
+
+
+def redact(text: str) -> str:
+    return _SECRET_PARAM.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+
+
+def _iso(created: float) -> str:
+    stamp = datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def _access_fields(record: logging.LogRecord) -> Optional[Dict[str, Any]]:
+    """The fields of an access line (its message is a JSON object), else None."""
+    if record.name != ACCESS_LOGGER:
+        return None
+    message = record.getMessage()
+    if not message.startswith("{"):
+        return None
+    try:
+        fields = json.loads(message)
+    except ValueError:
+        return None
+    return fields if isinstance(fields, dict) else None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts`` (UTC, ISO 8601), ``level``, ``logger``, the
+    event's own fields (an access line's, or ``extra={"fields": {...}}``), then ``msg``
+    last (so a line ends with what it says)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: Dict[str, Any] = {"ts": _iso(record.created), "level": record.levelname,
+                               "logger": record.name}
+        access = _access_fields(record)
+        if access is not None:
+            doc.update(access)
+        doc.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        if access is None:  # a message whose values are all fields may say less here
+            doc["msg"] = getattr(record, "json_msg", None) or record.getMessage()
+        return redact(json.dumps(doc, default=str, ensure_ascii=False))
+
+
+class TextFormatter(logging.Formatter):
+    """``TIME LEVEL LOGGER: MESSAGE``, an access line's fields as ``key=value``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        access = _access_fields(record)
+        if access is None:
+            message = record.getMessage()
+        else:
+            head = [str(access.pop(k)) for k in ("method", "path", "status") if k in access]
+            duration = access.pop("duration_ms", None)
+            if duration is not None:
+                head.append(f"{duration:g}ms")
+            message = " ".join(head + [f"{k}={v}" for k, v in access.items()
+                                       if v is not None])
+        line = f"{_iso(record.created)} {record.levelname} {record.name}: {message}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return redact(line)
+
+
+def setup_logging(level: str, log_format: str = "json") -> None:
+    """Every logger, access lines included, to stderr in one format."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
-    access.propagate = False
+    handler.setFormatter(TextFormatter() if log_format == "text" else JsonFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    access = logging.getLogger(ACCESS_LOGGER)
+    for old in list(access.handlers):
+        access.removeHandler(old)
+    access.propagate = True
+
+
+def log_settings(config: Config) -> None:
+    """The effective configuration, once at start, secrets masked."""
+    settings = effective_settings(config)
+    log.info("effective configuration: %s",
+             " ".join(f"{k}={v!r}" for k, v in settings.items()),
+             extra={"fields": {"event": "configuration", "config": settings},
+                    "json_msg": "effective configuration"})
 
 
 async def serve(config: Config, on_started: Optional[Callable[[Gateway], None]] = None) -> None:
@@ -83,6 +164,15 @@ def demo_curl(key_store: Path, port: int) -> str:
     ])
 
 
+def _format_given(config: Config, argv: Sequence[str]) -> bool:
+    """Whether --log_format was chosen (flag, environment, or a --config value other than
+    the default) rather than left to its default."""
+    if config.log_format != Config.__dataclass_fields__["log_format"].default:
+        return True
+    return any(a == "--log_format" or a.startswith("--log_format=") for a in argv) \
+        or "SQLFLOW_PLAYGROUND_LOG_FORMAT" in os.environ
+
+
 def demo(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="sqlflow_playground demo", add_help=False)
     parser.add_argument("--key_store", default="key_store")
@@ -90,7 +180,10 @@ def demo(argv: Sequence[str]) -> None:
     if "-h" in rest or "--help" in rest:
         print("usage: sqlflow_playground demo [--key_store DIR] [server flags]\n"
               "Creates DIR (default ./key_store) with a CA, a server and a 'demo' client\n"
-              "certificate if missing, then serves with the embedded defaults.")
+              "certificate if missing, then serves with the embedded defaults on\n"
+              "127.0.0.1 (--host=0.0.0.0 for every interface), `process` jobs on, and\n"
+              "readable log lines (--log_format=json for JSON). Server flags: see\n"
+              "sqlflow_playground --help.")
         return
     key_store = Path(known.key_store).resolve()
     ensure_demo_certs(key_store)
@@ -102,8 +195,13 @@ def demo(argv: Sequence[str]) -> None:
         server_key=config.server_key or str(key_store / "server" / "server.key"),
         crl=config.crl or (str(ca / "crl.pem") if (ca / "crl.pem").exists() else None),
         enable_process_jobs=True,
+        # A demo is for this machine: every interface only when asked (--host).
+        host=config.host or "127.0.0.1",
     )
-    setup_logging(config.log_level)
+    if not _format_given(config, rest):  # a person watches a demo: readable lines
+        config = config.replace(log_format="text")
+    setup_logging(config.log_level, config.log_format)
+    log_settings(config)
 
     def announce(gateway: Gateway) -> None:
         print("\nsqlflow-playground demo is running. Try:\n\n  "
@@ -126,7 +224,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             client_cli.main(argv[1:])
             return
         config = load_config(argv)
-        setup_logging(config.log_level)
+        setup_logging(config.log_level, config.log_format)
+        log_settings(config)
         asyncio.run(serve(config))
     except ConfigError as e:
         print(f"sqlflow_playground: {e}", file=sys.stderr)

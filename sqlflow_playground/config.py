@@ -11,6 +11,7 @@ environment): a flag's value is visible to every local user in ``ps``.
 import argparse
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -28,7 +29,7 @@ class Config:
     """Every setting of the server; see ``sqlflow_playground --help``."""
 
     port: int = _opt(50052, "HTTPS port to listen on")
-    host: str = _opt("", "interface to bind (default: all)")
+    host: str = _opt("", "interface to bind (default: all; `demo`: 127.0.0.1)")
     ca_crt: Optional[str] = _opt(None, "CA certificate that client certificates must chain to")
     server_key: Optional[str] = _opt(None, "server private key (PEM)")
     server_crt: Optional[str] = _opt(None, "server certificate (PEM)")
@@ -64,12 +65,14 @@ class Config:
     mysql_dsn: Optional[str] = _opt(
         None, "admin DSN of an existing MySQL/MariaDB server, e.g. mysql://root:pw@127.0.0.1:3306")
     mysql_public_host: Optional[str] = _opt(
-        None, "HOST[:PORT] written into data sources when clients reach MySQL under another name")
+        None, "HOST[:PORT] written into the data sources users get, when they reach MySQL "
+        "under another name than the gateway does (default: the host of --mysql_dsn, which "
+        "the jobs the gateway runs always use)")
     mysql_max_user_connections: int = _opt(
         20, "MAX_USER_CONNECTIONS of each tenant's MySQL account (0: the server's own limit)")
     mysql_tenant_host: str = _opt(
-        "%", "host part of tenant MySQL accounts (the default: any host; narrow it to "
-        "the gateway's and the notebooks' network, e.g. 10.0.%)")
+        "%", "host part of tenant MySQL accounts; narrow it to the gateway's and the "
+        "notebooks' network, e.g. 10.0.% (default: '%', any host)")
     kubeconfig: Optional[str] = _opt(
         None, "kubeconfig file for the Kubernetes backends (default: in-cluster, then ~/.kube)")
     namespace: str = _opt("default", "Kubernetes namespace of the objects the server manages")
@@ -87,7 +90,8 @@ class Config:
         False, "allow the 'process' task type (runs commands on this host as this user)")
     enable_pod_jobs: bool = _opt(
         False, "allow the 'pod' task type (needs a cluster: --kubeconfig or in-cluster)")
-    fetch_timeout_s: float = _opt(600.0, "cancel a job not fetched for this long (default per job)")
+    fetch_timeout_s: float = _opt(
+        600.0, "cancel a job not fetched for this long (a job may ask for its own)")
     job_ttl_s: float = _opt(86400.0, "purge finished jobs and their output after this long")
     max_jobs_per_user: int = _opt(8, "unfinished jobs one user may have")
     max_jobs: int = _opt(256, "unfinished jobs on the whole server")
@@ -106,6 +110,10 @@ class Config:
         10000, "open client connections at most; beyond it new ones are closed at once")
     executor_threads: int = _opt(16, "threads for blocking work (database drivers)")
     log_level: str = _opt("info", "logging level", choices=("debug", "info", "warning", "error"))
+    log_format: str = _opt(
+        "json", "log lines on stderr: json (one object per line: ts, level, logger, the "
+        "event's fields, msg) or text (readable: time, level, logger, message)",
+        choices=("json", "text"))
     config: Optional[str] = _opt(None, "YAML file with any of these settings")
 
     @property
@@ -155,15 +163,41 @@ def _convert(f: dataclasses.Field, raw: Any, source: str) -> Any:
     return value
 
 
+def _default_text(f: dataclasses.Field) -> str:
+    """"default: X; " once: none when the help text already says what the default is."""
+    if "(default" in f.metadata["help"]:
+        return ""
+    default = "not set" if f.default is None else repr(f.default)
+    if isinstance(f.default, tuple) and not f.default:
+        default = "none"
+    return f"default: {default}; "
+
+
 def build_parser(prog: str = "sqlflow_playground") -> argparse.ArgumentParser:
     """An argparse parser whose defaults are all None, so unset flags can be told apart."""
+    from . import __version__  # at call time: the package has finished importing
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="SQLFlow playground gateway. Every flag can also be set as "
-        f"{ENV_PREFIX}<FLAG> in the environment or as a key in the --config YAML file.",
+        usage=f"{prog} [FLAGS]\n       {prog} demo [--key_store DIR] [FLAGS]\n"
+        f"       {prog} client COMMAND ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="SQLFlow playground gateway: serves with FLAGS (below). Every flag can\n"
+        f"also be set as {ENV_PREFIX}<FLAG> in the environment or as a key of the\n"
+        "--config YAML file.",
+        epilog="commands:\n"
+        f"  {prog} [FLAGS]\n"
+        "      serve (the three TLS flags are required, or --insecure)\n"
+        f"  {prog} demo [--key_store DIR] [FLAGS]\n"
+        "      make DIR (default ./key_store: a CA, a server and a 'demo' certificate)\n"
+        "      if missing, then serve on 127.0.0.1 (unless --host) with the embedded\n"
+        "      defaults and print a curl line that works; demo --help says more\n"
+        f"  {prog} client COMMAND ...\n"
+        "      the command-line client: create-db, run, submit, fetch, jobs, cancel, ...;\n"
+        f"      {prog} client --help lists them",
     )
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     for f in dataclasses.fields(Config):
-        help_text = f"{f.metadata['help']} (default: {f.default!r}; env {ENV_PREFIX}{f.name.upper()})"
+        help_text = f"{f.metadata['help']} ({_default_text(f)}env {ENV_PREFIX}{f.name.upper()})"
         help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if f.type in (bool, "bool"):
             parser.add_argument(f"--{f.name}", nargs="?", const="true", default=None,
@@ -220,6 +254,40 @@ def load_config(argv: Sequence[str], environ: Optional[Mapping[str, str]] = None
 
 # Settings that carry passwords: each can also be read from the file named by <name>_file.
 SECRET_SETTINGS = ("db_url", "mysql_dsn")
+
+_URL_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?:(?P<userinfo>[^@/?#]*)@)?"
+                     r"(?P<rest>[^?#]*)(?P<query>[?#].*)?$", re.DOTALL)
+
+
+def mask_url(url: Optional[str]) -> Optional[str]:
+    """``url`` with its password (and its whole query string, which may hold one) replaced
+    by ``***``: ``mysql://root:***@db:3306/x``. Anything that does not parse as a URL is
+    ``***`` as a whole."""
+    if url is None:
+        return None
+    m = _URL_RE.match(url)
+    if m is None:
+        return "***"
+    userinfo = m["userinfo"]
+    if userinfo is not None:
+        user, colon, _ = userinfo.partition(":")
+        userinfo = f"{user}:***@" if colon else f"{user}@"
+    return m["scheme"] + (userinfo or "") + m["rest"] + ("?***" if m["query"] else "")
+
+
+def effective_settings(config: "Config") -> Dict[str, Any]:
+    """Every setting as the server runs with it, for its start-up log line: secrets masked
+    (the state store's URL, the MySQL admin DSN), files named, never their content."""
+    values: Dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        value = getattr(config, f.name)
+        if f.name in SECRET_SETTINGS:
+            value = mask_url(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        values[f.name] = value
+    values["db_url"] = mask_url(config.store_url)  # the one in use, default included
+    return values
 
 
 def read_secret_file(path: str, name: str) -> str:

@@ -295,20 +295,31 @@ class JobService:
 
     async def recover(self) -> None:
         """At start-up: jobs whose work died with the previous process become FAILED."""
-        for job in await self.runner.run(self.store.active_jobs):
+        active = await self.runner.run(self.store.active_jobs)
+        ended = others = 0
+        for job in active:
             try:
                 plugin = self.registry.get(job["task_type"], job["version"])
             except NotFound:
                 await self._finish(job, UNKNOWN, "its task type is no longer available")
+                ended += 1
                 continue
             if plugin.runs_locally and job["replica"] != self.settings.replica:
+                others += 1
                 continue  # another replica's job: it is not ours to judge
             if job["meta"] is None:
                 await self._finish(job, FAILED, "the server stopped before the job started")
+                ended += 1
                 continue
             message = await self.registry.call(plugin.recover, self._context(job), job["meta"])
             if message:
                 await self._finish(job, FAILED, message)
+                ended += 1
+        log.info("recovery: %d unfinished job(s) in the store: %d ended (their work did not "
+                 "survive the last stop), %d still running, %d left to other replicas",
+                 len(active), ended, len(active) - ended - others, others,
+                 extra={"fields": {"event": "jobs_recovered", "unfinished": len(active),
+                                   "ended": ended, "others": others}})
 
     async def reap(self) -> Dict[str, int]:
         """Cancel abandoned jobs, refresh the status of active ones, purge expired ones.
@@ -328,6 +339,11 @@ class JobService:
         for job in await self.runner.run(self.store.expired_jobs, now - self.settings.job_ttl_s):
             done["purged_job"] += await self._each(job, self._purge(job))
         done["removed_orphan_job_dir"] = await self.runner.run(self._remove_orphan_dirs)
+        if any(done.values()):
+            log.info("job reaper: cancelled %d abandoned job(s), purged %d expired job(s), "
+                     "removed %d orphaned job directory(ies)", done["cancelled_job"],
+                     done["purged_job"], done["removed_orphan_job_dir"],
+                     extra={"fields": {"event": "jobs_reaped", **done}})
         return done
 
     async def close(self) -> None:
@@ -468,6 +484,7 @@ class JobService:
                                      message=message, finished_at=now, output_size=size):
                 log.warning("job %s… ended: replica %s was lost", job["token"][:8],
                             job["replica"])
+                self._log_end(job, FAILED, now, f": replica {job['replica']} was lost")
                 ended += 1
         return ended
 
@@ -699,11 +716,42 @@ class JobService:
         if await self.runner.run(self.store.update_job, job["token"], True, **values):
             if shipping:
                 self._shipping.pop(job["token"], None)
+            self._log_change(job, values)
             job = {**job, **values}
         else:  # someone else did
             job = await self.runner.run(self.store.get_job, job["token"])
         self._keep(job)
         return job
+
+    def _log_change(self, job: Dict[str, Any], values: Dict[str, Any]) -> None:
+        """A job's start and end, once each (the store's conditional update decided)."""
+        status = values.get("status")
+        if status == RUNNING and job["started_at"] is None and values.get("started_at"):
+            log.info("job %s… started (%s/%s, user %s)", job["token"][:8], job["task_type"],
+                     job["version"], job["user_id"],
+                     extra={"fields": self._event("job_started", job)})
+        if status is not None and is_terminal(status) and not is_terminal(job["status"]):
+            self._log_end({**job, **values}, status, values.get("finished_at"))
+
+    def _log_end(self, job: Dict[str, Any], status: str, finished_at: Optional[float],
+                 how: str = "") -> None:
+        """One line per job end: status, time since submit, and time running. Never the
+        job's message (an error may quote the tenant's data)."""
+        finished = finished_at or self.clock()
+        total = max(0.0, finished - job["created_at"])
+        running = max(0.0, finished - job["started_at"]) if job.get("started_at") else None
+        log.info("job %s… ended %s after %.2fs%s (%s/%s, user %s)%s", job["token"][:8],
+                 status, total, f", {running:.2f}s running" if running is not None else "",
+                 job["task_type"], job["version"], job["user_id"], how,
+                 extra={"fields": self._event("job_ended", job, status=status,
+                                              duration_s=round(total, 3),
+                                              running_s=None if running is None
+                                              else round(running, 3))})
+
+    @staticmethod
+    def _event(event: str, job: Dict[str, Any], **more: Any) -> Dict[str, Any]:
+        return {"event": event, "job": job["token"][:8], "task_type": job["task_type"],
+                "user_id": job["user_id"], **more}
 
     async def _finish(self, job: Dict[str, Any], status: str, message: str,
                       outputs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -728,6 +776,7 @@ class JobService:
                                          status=CANCELLED, message=reason,
                                          finished_at=self.clock()):
                 return await self.runner.run(self.store.get_job, job["token"])
+            self._log_end(job, CANCELLED, None, f" on replica {job['replica']}'s behalf")
             log.info("job %s… cancelled on replica %s's behalf: %s", job["token"][:8],
                      job["replica"], reason)
             return await self.runner.run(self.store.get_job, job["token"])
@@ -738,6 +787,7 @@ class JobService:
                                         finished_at=self.clock())
             if not won:  # another replica, or the job itself, got there first
                 return await self.runner.run(self.store.get_job, job["token"])
+            self._log_end(job, CANCELLED, None)
         if job["meta"] is not None:
             self._require_here(plugin, job)
             with self._stopping_work(job["token"]):

@@ -127,10 +127,18 @@ class PlaygroundService:
         """Provision under this process's claim; on failure roll back what was made, so no
         half-made database or account outlives the row that explains it."""
         started = self.clock()
+        log.info("provisioning a %s database for user %s", self.provisioner.name, user_id,
+                 extra={"fields": {"event": "provisioning_started", "user_id": user_id,
+                                   "provisioner": self.provisioner.name}})
         try:
             provisioned = await self.provisioner.provision(user_id)
-        except BaseException:
+        except BaseException as e:
             self.on_provisioned(self.clock() - started, False)
+            log.warning("provisioning a %s database for user %s failed after %.2fs (%s); "
+                        "rolling back what was made", self.provisioner.name, user_id,
+                        self.clock() - started, getattr(e, "message", type(e).__name__),
+                        extra={"fields": {"event": "provisioning_failed", "user_id": user_id,
+                                          "duration_s": round(self.clock() - started, 3)}})
             try:
                 await self.provisioner.release(user_id, {})
                 await self.runner.run(self.store.delete_user, user_id)  # the next try starts
@@ -148,7 +156,10 @@ class PlaygroundService:
             provisioned.resource, self.clock())
         self._resources[user_id] = provisioned.resource
         log.info("provisioned a %s database for user %s in %.2fs",
-                 self.provisioner.name, user_id, self.clock() - started)
+                 self.provisioner.name, user_id, self.clock() - started,
+                 extra={"fields": {"event": "provisioned", "user_id": user_id,
+                                   "provisioner": self.provisioner.name,
+                                   "duration_s": round(self.clock() - started, 3)}})
         return user
 
     def _claim_expiry(self) -> float:

@@ -67,3 +67,64 @@ def test_help_documents_every_setting():
 def test_server_refuses_to_start_without_tls_unless_insecure(tmp_path, settings):
     with pytest.raises(ConfigError, match="--insecure"):
         Gateway(Config(state_dir=str(tmp_path), **settings))
+
+
+# -- first run (issue 13, item 9) ----------------------------------------------------------
+
+def test_every_flag_states_its_default_once():
+    for action in build_parser()._actions:
+        if action.dest in ("help", "version"):
+            continue
+        assert action.help.count("(default") == 1, (action.option_strings, action.help)
+        assert "default: None" not in action.help, action.help
+
+
+def test_help_lists_the_sub_commands_and_version_prints_the_version():
+    import subprocess
+    import sys
+    from sqlflow_playground import __version__
+    run = [sys.executable, "-m", "sqlflow_playground"]
+    helped = subprocess.run(run + ["--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0
+    usage = helped.stdout.split("\n\n", 1)[0]
+    for line in ("sqlflow_playground [FLAGS]", "sqlflow_playground demo",
+                 "sqlflow_playground client COMMAND"):
+        assert line in usage, usage
+    commands = helped.stdout.split("\ncommands:\n", 1)[1]
+    assert "127.0.0.1" in commands and "client --help" in commands
+    version = subprocess.run(run + ["--version"], capture_output=True, text=True, timeout=60)
+    assert (version.returncode, version.stdout) == (0, f"sqlflow_playground {__version__}\n")
+
+
+def test_log_format_is_json_by_default_and_checked():
+    assert load_config([], environ={}).log_format == "json"
+    assert load_config(["--log_format=text"], environ={}).log_format == "text"
+    with pytest.raises(ConfigError, match="log_format"):
+        load_config([], environ={"SQLFLOW_PLAYGROUND_LOG_FORMAT": "xml"})
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("mysql://admin:pw@db:3306", "mysql://admin:***@db:3306"),
+    ("postgresql://gw:p%40ss@pg/playground?sslmode=require&password=x",
+     "postgresql://gw:***@pg/playground?***"),
+    ("mysql://root@127.0.0.1:3306/x", "mysql://root@127.0.0.1:3306/x"),
+    ("sqlite:////var/lib/s/store.db", "sqlite:////var/lib/s/store.db"),
+    ("not a url: pw", "***"),
+])
+def test_urls_in_the_logged_configuration_hide_their_passwords(url, shown):
+    from sqlflow_playground.config import mask_url
+    assert mask_url(url) == shown
+
+
+def test_the_effective_settings_mask_secrets_and_name_files(tmp_path):
+    from sqlflow_playground.config import effective_settings
+    secret = tmp_path / "dsn"
+    secret.write_text("mysql://admin:From-File-1@db:3306\n")
+    c = load_config([f"--mysql_dsn_file={secret}"], environ={
+        "SQLFLOW_PLAYGROUND_DB_URL": "mysql://gw:From-Env-2@db/state"})
+    settings = effective_settings(c)
+    assert settings["mysql_dsn"] == "mysql://admin:***@db:3306"
+    assert settings["mysql_dsn_file"] == str(secret)
+    assert settings["db_url"] == "mysql://gw:***@db/state"
+    assert "From-File-1" not in repr(settings) and "From-Env-2" not in repr(settings)
+    assert set(settings) == {f.name for f in dataclasses.fields(Config)}

@@ -128,3 +128,269 @@ def test_success_is_info_and_client_errors_are_warnings(fetch_as, caplog):
     assert fetch_as("alice")("GET", "/nowhere").status == 404
     lines = access_lines(caplog, 1)
     assert [line["status"] for line in lines] == [404]  # 2xx at INFO, 4xx at WARNING
+
+
+# -- one format per output, lifecycle events, long polls, the configuration (issue 13,
+# item 8) -----------------------------------------------------------------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from conftest import wait_until  # noqa: E402
+from sqlflow_playground.cli import JsonFormatter, TextFormatter  # noqa: E402
+
+PY = sys.executable
+TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+TEXT_LINE = re.compile(rf"^{TS} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+
+
+def record(name, level, msg, *args, **extra):
+    rec = logging.LogRecord(name, level, __file__, 1, msg, args, None)
+    rec.__dict__.update(extra)
+    return rec
+
+
+def test_json_lines_carry_a_timestamp_and_end_with_the_message():
+    line = JsonFormatter().format(record("sqlflow_playground.jobs", logging.INFO,
+                                         "job %s ended", "abc",
+                                         fields={"event": "job_ended", "status": "FAILED"}))
+    doc = json.loads(line)
+    assert re.fullmatch(TS, doc["ts"])
+    assert list(doc) == ["ts", "level", "logger", "event", "status", "msg"]
+    assert (doc["level"], doc["logger"], doc["msg"]) == ("INFO", "sqlflow_playground.jobs",
+                                                         "job abc ended")
+
+
+def test_an_access_line_is_one_json_object_with_its_fields_not_a_string_in_a_string():
+    fields = {"request_id": "r1", "method": "GET", "path": "/api/heart_beat", "status": 200,
+              "duration_ms": 1.5}
+    rec = record("sqlflow_playground.access", logging.INFO, json.dumps(fields))
+    doc = json.loads(JsonFormatter().format(rec))
+    assert doc.pop("ts") and doc == {"level": "INFO", "logger": "sqlflow_playground.access",
+                                     **fields}
+    text = TextFormatter().format(rec)
+    assert TEXT_LINE.match(text)
+    assert text.endswith("sqlflow_playground.access: GET /api/heart_beat 200 1.5ms "
+                         "request_id=r1")
+
+
+def test_a_secret_that_slips_into_a_message_is_masked_in_both_formats():
+    msg = ("connect mysql://u:pw-Secret-1@tcp(db:3306)/x failed; "
+           "sqlite:////s/a.db?secret=Sqlite-Secret-2")
+    for formatter in (JsonFormatter(), TextFormatter()):
+        out = formatter.format(record("x", logging.ERROR, msg))
+        assert "pw-Secret-1" not in out and "Sqlite-Secret-2" not in out, out
+        assert "mysql://u:***@" in out and "secret=***" in out
+
+
+class ServerProcess:
+    """A server process whose whole output (stdout and stderr) goes to one file."""
+
+    def __init__(self, certs, tmp_path, *flags, env=None):
+        self.out = tmp_path / f"server-{len(list(tmp_path.glob('server-*')))}.log"
+        args = [PY, "-m", "sqlflow_playground", "--port=0", "--host=127.0.0.1",
+                f"--ca_crt={certs.ca}", f"--server_crt={certs.dir / 'server' / 'server.crt'}",
+                f"--server_key={certs.dir / 'server' / 'server.key'}",
+                f"--state_dir={tmp_path / 'state'}", *flags]
+        with open(self.out, "w") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                              **(env or {})})
+        assert wait_until(lambda: "serving https on" in self.text()
+                          or self.proc.poll() is not None, 60), self.text()
+        line = next(ln for ln in self.lines() if "serving https on" in ln)
+        self.port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
+
+    def text(self):
+        return self.out.read_text()
+
+    def lines(self):
+        return self.text().splitlines()
+
+    def stop(self):
+        self.proc.terminate()
+        assert self.proc.wait(30) == 0
+        return self.lines()
+
+
+def test_every_line_of_a_server_process_is_json_by_default_or_text_when_asked(certs,
+                                                                            tmp_path):
+    for flags, check in (((), lambda ln: re.fullmatch(TS, json.loads(ln)["ts"])),
+                         (("--log_format=text",), TEXT_LINE.match)):
+        server = ServerProcess(certs, tmp_path, "--log_level=debug", *flags)
+        ctx = client_context(certs.dir, "alice")
+        assert request(server.port, ctx, "POST", "/api/create_db", {}).status == 200
+        assert request(server.port, ctx, "GET", "/nowhere").status == 404
+        lines = server.stop()
+        assert len(lines) > 5 and [ln for ln in lines if not check(ln)] == [], lines
+        assert sum("/api/create_db" in ln for ln in lines) == 1  # the access line
+        assert any("stopped" in ln for ln in lines)
+
+
+def test_the_effective_configuration_is_logged_once_at_start_with_secrets_masked(certs,
+                                                                                tmp_path):
+    dsn_file = tmp_path / "mysql_dsn"
+    dsn_file.write_text("mysql://admin:Dsn-File-Secret-7@db.internal:3306\n")
+    server = ServerProcess(certs, tmp_path, f"--mysql_dsn_file={dsn_file}",
+                           "--idle_timeout_s=123",
+                           env={"SQLFLOW_PLAYGROUND_DB_URL":
+                                f"sqlite:///{tmp_path / 'store.db'}?password=Url-Secret-8"})
+    lines = server.stop()
+    [line] = [json.loads(ln) for ln in lines if '"configuration"' in ln]
+    config = line["config"]
+    assert line["msg"] == "effective configuration" and line["event"] == "configuration"
+    assert config["idle_timeout_s"] == 123.0 and config["port"] == 0
+    assert config["mysql_dsn"] == "mysql://admin:***@db.internal:3306"
+    assert config["mysql_dsn_file"] == str(dsn_file)  # named, never read into the log
+    assert config["db_url"] == f"sqlite:///{tmp_path / 'store.db'}?***"
+    assert set(config) >= {"ca_crt", "server_key", "provisioner", "log_format", "grpc_port"}
+    text = "\n".join(lines)
+    assert "Dsn-File-Secret-7" not in text and "Url-Secret-8" not in text
+    assert lines.index(next(ln for ln in lines if '"configuration"' in ln)) < \
+        lines.index(next(ln for ln in lines if "serving https on" in ln))
+
+
+def test_no_secret_of_a_whole_session_reaches_a_server_processs_output(certs, tmp_path):
+    server = ServerProcess(certs, tmp_path, "--log_level=debug", "--enable_process_jobs",
+                           env={"SQLFLOW_PLAYGROUND_MYSQL_DSN":
+                                "mysql://root:Admin-Secret-9@127.0.0.1:1"})
+    ctx = client_context(certs.dir, "alice")
+
+    def fetch(*args, **kw):
+        return request(server.port, ctx, *args, **kw)
+    data_source = fetch("POST", "/api/create_db", {}).body["data_source"]
+    secret = data_source.partition("secret=")[2]
+    assert len(secret) >= 16
+    token = fetch("POST", "/api/jobs", {"task_type": "sql",
+                                        "spec": {"sql": "SELECT 1; SELECT nope"}}).body["token"]
+    fetch_until_eof(fetch, token)
+    assert fetch("GET", "/api/users/alice").body["data_source"] == data_source
+    assert fetch("POST", "/api/delete_db", {}).body["released"] is True
+    text = "\n".join(server.stop())
+    assert "job_ended" in text and "released the database" in text  # it was logged...
+    for leaked in (secret, "Admin-Secret-9", data_source, "PRIVATE KEY"):  # ...not these
+        assert leaked not in text, leaked
+
+
+def events(caplog, event):
+    return [r for r in caplog.records if (getattr(r, "fields", None) or {}).get("event")
+            == event]
+
+
+@pytest.fixture
+def jobs_server(make_server):
+    return make_server(enable_process_jobs=True)
+
+
+def submit(fetch, command, **extra):
+    resp = fetch("POST", "/api/jobs", {"task_type": "process", "spec": {"command": command},
+                                       **extra})
+    assert resp.status == 201, resp.body
+    return resp.body["token"]
+
+
+def test_a_jobs_start_and_end_are_logged_once_with_status_and_duration(jobs_server, fetch_as,
+                                                                      caplog):
+    caplog.set_level(logging.INFO)
+    alice = fetch_as("alice", jobs_server.port)
+    done = submit(alice, [PY, "-c", "print('hi')"])
+    fetch_until_eof(alice, done)
+    for _ in range(3):  # fetching a finished job again logs nothing new
+        alice("GET", f"/api/jobs/{done}")
+    sleeper = submit(alice, [PY, "-c", "import time; print('up', flush=True); "
+                                       "time.sleep(60)"])
+    assert wait_until(lambda: alice("GET", f"/api/jobs/{sleeper}").body["status"]
+                      == "RUNNING")
+    alice("DELETE", f"/api/jobs/{sleeper}")
+    ended = {r.fields["job"]: r for r in events(caplog, "job_ended")}
+    assert len(events(caplog, "job_ended")) == 2 and set(ended) == {done[:8], sleeper[:8]}
+    assert ended[done[:8]].fields["status"] == "SUCCEEDED"
+    assert ended[sleeper[:8]].fields["status"] == "CANCELLED"
+    for r in ended.values():
+        assert r.fields["duration_s"] >= r.fields["running_s"] >= 0
+        assert r.fields["task_type"] == "process" and r.fields["user_id"] == "alice"
+        assert re.search(r"ended (SUCCEEDED|CANCELLED) after \d+\.\d\ds", r.getMessage())
+    started = [r.fields["job"] for r in events(caplog, "job_started")]
+    assert sleeper[:8] in started and len(started) == len(set(started))
+
+
+def test_recovery_and_reaping_are_logged(jobs_server, fetch_as, caplog):
+    caplog.set_level(logging.INFO)
+    gateway = jobs_server.gateway
+    now = time.time()
+    # A job the previous life of this server accepted but never started.
+    gateway.store.insert_job(token="Orphan" + uuid.uuid4().hex, user_id="alice",
+                             task_type="process", version="v1", spec={"command": ["true"]},
+                             status="PENDING", message="", created_at=now - 5,
+                             last_fetched_at=now, fetch_timeout_s=600.0,
+                             replica=gateway.jobs.settings.replica)
+    jobs_server.call(gateway.jobs.recover())
+    [recovered] = events(caplog, "jobs_recovered")
+    assert (recovered.fields["unfinished"], recovered.fields["ended"]) == (1, 1)
+    assert [r.fields["status"] for r in events(caplog, "job_ended")] == ["FAILED"]
+
+    alice = fetch_as("alice", jobs_server.port)
+    abandoned = submit(alice, [PY, "-c", "import time; time.sleep(60)"], fetch_timeout_s=1)
+    real_clock = gateway.jobs.clock
+    gateway.jobs.clock = lambda: real_clock() + 5  # its owner has not fetched it for 5 s
+    try:
+        jobs_server.call(gateway.jobs.reap())
+    finally:
+        gateway.jobs.clock = real_clock
+    [reaped] = events(caplog, "jobs_reaped")
+    assert reaped.fields["cancelled_job"] == 1
+    assert "job reaper: cancelled 1 abandoned job(s)" in reaped.getMessage()
+    assert {r.fields["job"]: r.fields["status"] for r in events(caplog, "job_ended")}[
+        abandoned[:8]] == "CANCELLED"
+
+
+def test_provisioning_is_logged_as_it_starts_and_ends(fetch_as, caplog):
+    caplog.set_level(logging.INFO)
+    assert fetch_as("alice")("POST", "/api/create_db", {}).status == 200
+    assert fetch_as("alice")("POST", "/api/create_db", {}).status == 200  # exists: no line
+    assert [r.fields["event"] for r in caplog.records if getattr(r, "fields", None)
+            and r.fields.get("event", "").startswith("provision")] == [
+        "provisioning_started", "provisioned"]
+
+
+def test_a_long_poll_is_one_line_per_fetch_that_brought_something(jobs_server, fetch_as,
+                                                                  caplog):
+    caplog.set_level(logging.DEBUG)
+    alice = fetch_as("alice", jobs_server.port)
+    gate = jobs_server.config.state_dir + "/gate"
+    token = submit(alice, [PY, "-c", "import os, time\n"
+                                     "print('one', flush=True)\n"
+                                     f"while not os.path.exists({gate!r}): time.sleep(0.05)\n"
+                                     "print('two', flush=True)"])
+    fetches = []  # (request id, wait, body)
+
+    def get(cursor, wait):
+        resp = alice("GET", f"/api/jobs/{token}?since={cursor}&wait={wait}")
+        fetches.append((resp.headers["X-Request-Id"], wait, resp.body))
+        return resp.body
+
+    cursor = ""
+    while not fetches or not fetches[-1][2]["responses"]:  # until 'one' arrives
+        cursor = get(cursor, 5)["next"]
+    for _ in range(2):  # the job waits for the gate: nothing new
+        quiet = get(cursor, 0.2)
+        assert quiet["responses"] == [] and quiet["eof"] is False
+    get(cursor, 0)  # not a long poll: a status check is always a line
+    open(gate, "w").close()
+    while not fetches[-1][2]["eof"]:
+        cursor = get(cursor, 5)["next"]
+
+    ids = {rid for rid, _, _ in fetches}
+    assert wait_until(lambda: len([r for r in caplog.records
+                                   if r.name == "sqlflow_playground.access"
+                                   and json.loads(r.getMessage())["request_id"] in ids])
+                      == len(fetches), 5)
+    level = {json.loads(r.getMessage())["request_id"]: r.levelno for r in caplog.records
+             if r.name == "sqlflow_playground.access"}
+    for rid, wait, body in fetches:
+        empty_wait = wait > 0 and not body["responses"] and not body["eof"]
+        assert level[rid] == (logging.DEBUG if empty_wait else logging.INFO), (wait, body)
+    assert sum(level[rid] == logging.DEBUG for rid in ids) >= 2  # the two quiet waits

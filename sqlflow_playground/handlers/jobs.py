@@ -48,8 +48,13 @@ class JobHandler(JobsHandlerBase):
             wait_s = float(wait)
         except ValueError:
             raise BadRequest("wait must be a number of seconds") from None
-        self.write_encoded(await self.jobs.fetch_body(self.identity, token,
-                                                      self.query("since") or "", wait_s))
+        body = await self.jobs.fetch_body(self.identity, token, self.query("since") or "",
+                                          wait_s)
+        # A long poll that brought nothing (no response, not the end) is one of the many
+        # a follower makes while a job is quiet: its access line is DEBUG (accesslog.py).
+        self.empty_wait = wait_s > 0 and body.endswith(b',"responses":[]}') \
+            and b'"eof":false' in body
+        self.write_encoded(body)
 
     async def delete(self, token: str) -> None:
         self.write_json(await self.jobs.cancel(self.identity, token))

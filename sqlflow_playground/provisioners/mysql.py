@@ -130,6 +130,7 @@ class MysqlProvisioner(Provisioner):
                              (*account, password))
         conn.exec_driver_sql(f"ALTER USER %s@%s IDENTIFIED BY %s {limit}", (*account, password))
         conn.exec_driver_sql(f"GRANT ALL PRIVILEGES ON `{db}`.* TO %s@%s", account)
+        log.info("MySQL provisioner: database %s and account %s@%s ready", db, *account)
 
     async def release(self, user_id: str, resource: Dict[str, Any]) -> None:
         names = {**self.names_for(user_id), **resource}
