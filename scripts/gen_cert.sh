@@ -9,6 +9,7 @@
 #   key_store/ca/openssl.cnf, index.txt, index.txt.attr, crlnumber, serial,
 #   key_store/ca/newcerts/           the `openssl ca` database (for revocation)
 #   key_store/NAME/NAME.crt, NAME.key
+#   key_store/NAME/NAME.p12, NAME.p12.pass   with --p12: a PKCS#12 bundle for browsers
 #   key_store/NAME/previous/SERIAL.crt, SERIAL.key   certificates replaced by a re-issue
 #
 # Requires bash 4+ and openssl (1.1.1+, tested with 3.x).
@@ -27,7 +28,7 @@ DEFAULT_DAYS=825
 
 synopsis() {
     cat <<EOF
-Usage: $PROG [--force|--keep] [--rsa] [--frontend] [--days N] [--san DNS:x|IP:y ...] NAME
+Usage: $PROG [--force|--keep] [--rsa] [--frontend] [--days N] [--san DNS:x|IP:y ...] [--p12] NAME
        $PROG revoke NAME
        $PROG list
        $PROG crl
@@ -46,6 +47,7 @@ use), revoke NAME's certificate, list the certificates, or regenerate the CRL
 Files are kept in ./key_store, or in \$KEY_STORE if set:
   ca/ca.crt ca/ca.key ca/crl.pem    CA certificate, key and CRL
   NAME/NAME.crt NAME/NAME.key       certificate and key for NAME
+  NAME/NAME.p12 NAME/NAME.p12.pass  with --p12: PKCS#12 bundle and its password
   NAME/previous/SERIAL.{crt,key}    NAME's certificates replaced by a re-issue
 
 Commands:
@@ -71,6 +73,12 @@ Options (when issuing):
   --san VALUE    extra subjectAltName (DNS:name or IP:addr); repeatable or
                  comma-separated. The cert named "server" always has
                  DNS:localhost and IP:127.0.0.1.
+  --p12          also write NAME/NAME.p12: NAME's key, certificate and the CA
+                 certificate in one password-protected PKCS#12 file, to import
+                 into a browser (Chrome, Firefox) for the dashboard at /ui/.
+                 A valid certificate NAME already has is kept and exported
+                 (unless --force). The password is \$P12_PASSWORD if set, else
+                 a random one written to NAME/NAME.p12.pass (mode 600).
 
 The cert named "server" gets extendedKeyUsage serverAuth, every other cert
 clientAuth only. NAME must match $NAME_RE;
@@ -97,6 +105,7 @@ rsa=0
 force=0
 keep=0
 frontend=0
+p12=0
 days=$DEFAULT_DAYS
 issue_opts=0
 sans=()
@@ -121,6 +130,7 @@ while [[ $# -gt 0 ]]; do
         --force) force=1; issue_opts=1 ;;
         --keep) keep=1; issue_opts=1 ;;
         --frontend) frontend=1; issue_opts=1 ;;
+        --p12) p12=1; issue_opts=1 ;;
         --days | --san)
             [[ $# -ge 2 ]] || usage_error "option $1 needs a value"
             if [[ $1 == --days ]]; then days=$2; else add_sans "$2"; fi
@@ -150,7 +160,7 @@ case ${positional[0]:-} in
 esac
 
 if [[ $cmd != issue && $issue_opts -eq 1 ]]; then
-    usage_error "options --force/--keep/--rsa/--frontend/--days/--san only apply when issuing a certificate"
+    usage_error "options --force/--keep/--rsa/--frontend/--days/--san/--p12 only apply when issuing a certificate"
 fi
 if [[ $force -eq 1 && $keep -eq 1 ]]; then
     usage_error "--force and --keep exclude each other"
@@ -334,8 +344,9 @@ issue() {
     if [[ -f $crt ]]; then
         state=$(cert_state "$crt" "$show/$name.crt")
         if [[ $state == valid || $state == unknown ]]; then
-            if [[ $keep -eq 1 ]]; then
-                echo "$show/$name.crt exists ($state, expires $(not_after "$crt")); keeping it (--keep)"
+            if [[ $keep -eq 1 || ($p12 -eq 1 && $force -eq 0) ]]; then
+                echo "$show/$name.crt exists ($state, expires $(not_after "$crt")); keeping it" \
+                    "($([[ $keep -eq 1 ]] && echo --keep || echo --p12))"
                 return 0
             fi
             [[ $force -eq 1 ]] || die "$show/$name.crt exists ($state, expires" \
@@ -390,6 +401,11 @@ EOF
         serial=$(cert_serial "$crt" "$show/$name.crt")
         mkdir -p -- "$dir/previous"
         if [[ -f $dir/$name.key ]]; then mv -f -- "$dir/$name.key" "$dir/previous/$serial.key"; fi
+        # A bundle of the old pair goes with it: it must not be imported by mistake.
+        if [[ -f $dir/$name.p12 ]]; then mv -f -- "$dir/$name.p12" "$dir/previous/$serial.p12"; fi
+        if [[ -f $dir/$name.p12.pass ]]; then
+            mv -f -- "$dir/$name.p12.pass" "$dir/previous/$serial.p12.pass"
+        fi
         mv -f -- "$crt" "$dir/previous/$serial.crt"
         echo "moved the $state certificate to $show/previous/$serial.crt"
     fi
@@ -401,6 +417,32 @@ EOF
         write_crl
         sighup_hint
     fi
+}
+
+# NAME/NAME.p12: key, certificate and CA certificate, encrypted with a password (openssl
+# 3 defaults: AES-256-CBC, PBKDF2, SHA-256 MAC), read by Chrome, Firefox and pk12util.
+write_p12() {
+    local dir=$KS/$name show=$ks_arg/$name pass where
+    [[ -f $dir/$name.crt && -f $dir/$name.key ]] || die "no key and certificate for '$name' in $show"
+    if [[ -n ${P12_PASSWORD:-} ]]; then
+        pass=$P12_PASSWORD
+        where="the password is \$P12_PASSWORD"
+    else
+        pass=$(openssl rand -base64 18) || die "openssl rand failed"
+        printf '%s\n' "$pass" >"$TMP/p12.pass"
+        where="password in $show/$name.p12.pass"
+    fi
+    GEN_CERT_P12_PASS=$pass ossl pkcs12 -export -in "$dir/$name.crt" -inkey "$dir/$name.key" \
+        -certfile "$CA_DIR/ca.crt" -name "$name" -passout env:GEN_CERT_P12_PASS \
+        -out "$TMP/leaf.p12"
+    chmod 600 "$TMP/leaf.p12"
+    if [[ -f $TMP/p12.pass ]]; then
+        mv -f -- "$TMP/p12.pass" "$dir/$name.p12.pass"
+    else
+        rm -f -- "$dir/$name.p12.pass"   # an old random password no longer opens it
+    fi
+    mv -f -- "$TMP/leaf.p12" "$dir/$name.p12"
+    echo "wrote $show/$name.p12 ($where)"
 }
 
 revoke() {
@@ -439,7 +481,9 @@ list_certs() {
 }
 
 case $cmd in
-    issue) issue ;;
+    issue)
+        issue
+        if [[ $p12 -eq 1 ]]; then write_p12; fi ;;
     revoke) revoke ;;
     list) list_certs ;;
     crl)

@@ -2,6 +2,7 @@
 import asyncio
 import datetime
 import os
+import re
 import ssl
 import stat
 import subprocess
@@ -17,14 +18,15 @@ from conftest import client_context, issue_with_ca, request
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gen_cert.sh"
 
 
-def run(*args, ks=None, cwd=None, check=True):
-    """Run gen_cert.sh; ks sets KEY_STORE (None leaves it unset).
+def run(*args, ks=None, cwd=None, check=True, env=None):
+    """Run gen_cert.sh; ks sets KEY_STORE (None leaves it unset); env adds variables.
 
     With check=True the run must succeed silently on stderr (no openssl noise)."""
-    env = {k: v for k, v in os.environ.items() if k != "KEY_STORE"}
+    extra = env
+    env = {k: v for k, v in os.environ.items() if k not in ("KEY_STORE", "P12_PASSWORD")}
     if ks is not None:
         env["KEY_STORE"] = str(ks)
-    proc = subprocess.run([str(SCRIPT), *args], cwd=cwd, env=env,
+    proc = subprocess.run([str(SCRIPT), *args], cwd=cwd, env={**env, **(extra or {})},
                           capture_output=True, text=True)
     if check:
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
@@ -395,3 +397,84 @@ def test_relative_key_store_and_read_only_cwd(tmp_path):
         assert (tmp_path / "rel_store" / "alice" / "alice.crt").is_file()
     finally:
         ro.chmod(0o755)
+
+
+# -- --p12: a PKCS#12 bundle for browsers (issue 14) -----------------------------------------
+
+def load_p12(path, password):
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    return pkcs12.load_key_and_certificates(Path(path).read_bytes(), password.encode())
+
+
+def test_p12_issues_and_bundles_key_cert_and_ca_under_a_random_password(ks):
+    out = run("--p12", "alice", ks=ks).stdout
+    p12, pw_file = ks / "alice" / "alice.p12", ks / "alice" / "alice.p12.pass"
+    assert f"wrote {ks}/alice/alice.p12 (password in {ks}/alice/alice.p12.pass)" in out
+    for f in (p12, pw_file):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    password = pw_file.read_text().strip()
+    assert len(password) >= 20 and password not in out
+    key, cert, extra = load_p12(p12, password)
+    assert cert == load_cert(ks / "alice" / "alice.crt")
+    assert [c.subject for c in extra] == [load_cert(ks / "ca" / "ca.crt").subject]
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()
+    with pytest.raises(ValueError):
+        load_p12(p12, "wrong password")
+    # Another bundle gets another password.
+    run("--p12", "bob", ks=ks)
+    assert (ks / "bob" / "bob.p12.pass").read_text() != pw_file.read_text()
+
+
+def test_p12_exports_an_existing_valid_cert_without_reissuing_it(ks):
+    run("--frontend", "front", ks=ks)
+    before = (ks / "front" / "front.crt").read_bytes()
+    out = run("--p12", "front", ks=ks, env={"P12_PASSWORD": "s3cret pass"}).stdout
+    assert "keeping it (--p12)" in out and "the password is $P12_PASSWORD" in out
+    assert (ks / "front" / "front.crt").read_bytes() == before
+    assert not (ks / "front" / "front.p12.pass").exists()
+    _, cert, _ = load_p12(ks / "front" / "front.p12", "s3cret pass")
+    assert names(cert, NameOID.ORGANIZATIONAL_UNIT_NAME) == ["frontend"]
+    assert not list(ks.glob(".gen_cert.*")), "temporary files left behind"
+
+
+def test_p12_with_force_reissues_and_moves_the_old_bundle_aside(ks):
+    run("--p12", "alice", ks=ks)
+    old_serial = format(load_cert(ks / "alice" / "alice.crt").serial_number, "X")
+    old_p12 = (ks / "alice" / "alice.p12").read_bytes()
+    run("--force", "alice", ks=ks)  # a re-issue without --p12 still moves the bundle
+    previous = ks / "alice" / "previous"
+    moved = [p.name for p in previous.iterdir()]
+    assert any(n.endswith(".p12") for n in moved) and any(n.endswith(".p12.pass") for n in moved)
+    assert not (ks / "alice" / "alice.p12").exists()
+    assert (previous / next(n for n in moved if n.endswith(".p12"))).read_bytes() == old_p12
+    assert old_serial.lstrip("0") in {n.split(".")[0].lstrip("0") for n in moved}
+    run("--force", "--p12", "alice", ks=ks)
+    _, cert, _ = load_p12(ks / "alice" / "alice.p12",
+                          (ks / "alice" / "alice.p12.pass").read_text().strip())
+    assert cert == load_cert(ks / "alice" / "alice.crt")
+    assert format(cert.serial_number, "X") != old_serial
+
+
+def test_p12_imports_into_an_nss_database_with_pk12util(ks, tmp_path):
+    """What the dashboard's browser tests (and Chrome on Linux) do with the bundle."""
+    import shutil
+    if not shutil.which("pk12util"):
+        from conftest import missing
+        missing("pk12util is not installed (apt-get install libnss3-tools)")
+    run("--p12", "alice", ks=ks)
+    db = tmp_path / "nssdb"
+    db.mkdir()
+    subprocess.run(["certutil", "-N", "-d", f"sql:{db}", "--empty-password"], check=True)
+    subprocess.run(["pk12util", "-i", str(ks / "alice" / "alice.p12"), "-d", f"sql:{db}",
+                    "-w", str(ks / "alice" / "alice.p12.pass")], check=True,
+                   capture_output=True)
+    listing = subprocess.run(["certutil", "-L", "-d", f"sql:{db}"], check=True,
+                             capture_output=True, text=True).stdout
+    assert re.search(r"^alice\s+u,u,u$", listing, re.M), listing
+
+
+@pytest.mark.parametrize("args", [["--p12", "list"], ["--p12", "revoke", "alice"],
+                                  ["--p12", "crl"]])
+def test_p12_only_applies_when_issuing(ks, args):
+    proc = run(*args, ks=ks, check=False)
+    assert proc.returncode == 2 and "--p12" in proc.stderr and not ks.exists()
