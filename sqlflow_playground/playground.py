@@ -22,6 +22,8 @@ CLAIM_TTL_S = 210.0
 # A heart beat's status for a user whose database is gone behind our back.
 LOST = "lost"
 MAX_KNOWN_RESOURCES = 100_000  # users a heart beat remembers the database of (then forgets)
+# A create_db that finished while nobody polled keeps its result (or error) this long.
+RESULT_KEPT_S = 30.0
 
 
 class KeyedLocks:
@@ -57,13 +59,17 @@ class PlaygroundService:
 
     def __init__(self, store: Store, provisioner: Provisioner, runner: BlockingRunner,
                  idle_timeout_s: float, clock: Callable[[], float] = time.time,
-                 replica: str = "", claim_ttl_s: float = CLAIM_TTL_S):
+                 replica: str = "", claim_ttl_s: float = CLAIM_TTL_S,
+                 provision_timeout_s: Optional[float] = None):
         self.store = store
         self.provisioner = provisioner
         self.runner = runner
         self.idle_timeout_s = idle_timeout_s
         self.clock = clock
         self.claim_ttl_s = claim_ttl_s
+        # What clients are told to wait for (the Gateway's claim is this plus 30 s).
+        self.provision_timeout_s = (claim_ttl_s - 30 if provision_timeout_s is None
+                                    else provision_timeout_s)
         # Claims name the replica and this process's life, so that after a kill -9 the
         # restarted replica knows its earlier claims are dead without waiting them out.
         self.replica = replica or socket.gethostname()
@@ -74,6 +80,8 @@ class PlaygroundService:
         # that a heart beat can tell a lost database without any I/O
         self._resources: Dict[str, Optional[Dict[str, Any]]] = {}
         self._learning: set = set()
+        # user -> (their create_db running in the background, when it started): polled
+        self._provisioning: Dict[str, Tuple[asyncio.Task, float]] = {}
         # Told (seconds, succeeded) after each provisioning: the Gateway's metrics.
         self.on_provisioned: Callable[[float, bool], None] = lambda seconds, ok: None
 
@@ -122,6 +130,39 @@ class PlaygroundService:
                     raise Unavailable(f"the database of {user_id!r} is still being prepared "
                                       "by another server; try again shortly")
                 await asyncio.sleep(0.2)  # another replica is at work on this user
+
+    async def create_db_polled(self, user_id: str, wait: float
+                               ) -> Tuple[Optional[Tuple[Dict[str, Any], bool]], Dict[str, Any]]:
+        """``create_db`` for a client that polls: it runs in the background, and each call
+        waits at most ``wait`` seconds for it. Returns ((user, created_now), {}) once it is
+        done (raising its error if it failed), else (None, progress): ``status``
+        "provisioning", ``phase`` (None when the provisioner cannot tell), ``elapsed_s``
+        and ``provision_timeout_s``."""
+        task, started = self._provisioning.get(user_id) or self._start_create_db(user_id)
+        await asyncio.wait([task], timeout=wait)
+        if task.done():
+            self._forget_create_db(user_id, task)
+            return task.result(), {}
+        phase = getattr(self.provisioner, "provisioning_phase", None)
+        return None, {"status": "provisioning", "phase": phase(user_id) if phase else None,
+                      "elapsed_s": round(time.monotonic() - started, 1),
+                      "provision_timeout_s": self.provision_timeout_s}
+
+    def _start_create_db(self, user_id: str) -> Tuple[asyncio.Task, float]:
+        task = asyncio.get_running_loop().create_task(self.create_db(user_id))
+        self._provisioning[user_id] = entry = (task, time.monotonic())
+
+        def done(_: asyncio.Task) -> None:
+            if not task.cancelled():
+                task.exception()  # retrieved: a poller that gave up leaves no warning
+            asyncio.get_running_loop().call_later(RESULT_KEPT_S, self._forget_create_db,
+                                                  user_id, task)
+        task.add_done_callback(done)
+        return entry
+
+    def _forget_create_db(self, user_id: str, task: asyncio.Task) -> None:
+        if self._provisioning.get(user_id, (None,))[0] is task:
+            del self._provisioning[user_id]
 
     async def _provision(self, user_id: str) -> Dict[str, Any]:
         """Provision under this process's claim; on failure roll back what was made, so no
@@ -235,6 +276,7 @@ class PlaygroundService:
                                              self.clock() - STALE_RELEASE_S)
                 if user is not None:
                     await self._release(user, "deleted on request")
+                    self._forget_finished_create_db(user_id)
                     return True
                 user = await self.runner.run(self.store.get_user, user_id)
                 if user is None:
@@ -249,6 +291,12 @@ class PlaygroundService:
                     raise Unavailable(f"the database of {user_id!r} is still being prepared "
                                       "by another server; try again shortly")
                 await asyncio.sleep(0.2)
+
+    def _forget_finished_create_db(self, user_id: str) -> None:
+        """A kept create_db result names a database just released: never hand it out."""
+        task = self._provisioning.get(user_id, (None,))[0]
+        if task is not None and task.done():
+            self._forget_create_db(user_id, task)
 
     async def get_user(self, user_id: str) -> Dict[str, Any]:
         user = await self.runner.run(self.store.get_user, user_id)

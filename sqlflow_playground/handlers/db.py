@@ -1,5 +1,9 @@
 """Routes of a user's database: create_db, heart_beat, delete_db (DESIGN §2, §5)."""
+from ..errors import BadRequest
 from .base import APIHandler
+
+# The longest a POST /api/create_db with "wait" is held before it answers 202.
+MAX_CREATE_WAIT_S = 30.0
 
 
 class PlaygroundHandler(APIHandler):
@@ -13,9 +17,26 @@ class PlaygroundHandler(APIHandler):
 
 
 class CreateDBHandler(PlaygroundHandler):
+    """Without "wait" (the deployed magic's single POST) the answer comes when the
+    database is ready, however long that takes. With ``"wait": SECONDS`` (new clients)
+    it comes within that time (at most MAX_CREATE_WAIT_S): the database, or 202 with
+    the provisioning's progress; POSTing again picks the same provisioning up."""
+
     async def post(self) -> None:
-        user_id = self.identity.act_for(self.json_body(allowed=("user_id",)).get("user_id"))
-        user, created = await self.playground.create_db(user_id)
+        body = self.json_body(allowed=("user_id", "wait"))
+        user_id = self.identity.act_for(body.get("user_id"))
+        if "wait" not in body:
+            user, created = await self.playground.create_db(user_id)
+        else:
+            wait = body["wait"]
+            if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+                raise BadRequest("wait must be a number of seconds >= 0")
+            done, progress = await self.playground.create_db_polled(
+                user_id, min(wait, MAX_CREATE_WAIT_S))
+            if done is None:
+                self.write_json({"user_id": user_id, **progress}, status=202)
+                return
+            user, created = done
         self.write_json({"data_source": user["data_source"], "user_id": user_id,
                          "created": created, "idle_timeout_s": self.idle_timeout_s})
 
