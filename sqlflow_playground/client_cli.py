@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
-from .client import Body, PlaygroundClient, PlaygroundClientError
+from .client import Body, PlaygroundClient, PlaygroundClientError, provisioning_line
 
 S = argparse.SUPPRESS
 
@@ -116,6 +116,39 @@ class Ticker:
         self.done.set()
         with self.lock:
             self._clear()
+
+
+class Provisioning:
+    """create_db's progress on stderr: one line redrawn in place on a terminal; elsewhere
+    a line when the phase changes, and every ``every`` seconds."""
+
+    def __init__(self, stream: Any = None, every: float = 10.0):
+        self.stream, self.every = stream or sys.stderr, every
+        self.phase: Any = ()  # none printed yet
+        self.printed_at, self.drawn = 0.0, False
+
+    def __call__(self, body: Body) -> None:
+        line = provisioning_line(body)
+        if self.stream.isatty():
+            self.stream.write(f"\r\033[K{line}")
+            self.drawn = True
+        elif body.get("phase") != self.phase or body["elapsed_s"] >= self.printed_at + self.every:
+            self.phase, self.printed_at = body.get("phase"), body["elapsed_s"]
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def stop(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def create_db(client: PlaygroundClient, args: argparse.Namespace) -> Body:
+    progress = Provisioning()
+    try:
+        return client.create_db(timeout=args.timeout, on_progress=progress)
+    finally:
+        progress.stop()
 
 
 # -- commands -----------------------------------------------------------------------
@@ -312,7 +345,7 @@ def show(body: Body, args: argparse.Namespace, as_json: bool) -> int:
 
 
 COMMANDS: Dict[str, Callable[[PlaygroundClient, argparse.Namespace], Body]] = {
-    "create-db": lambda c, a: c.create_db(),
+    "create-db": create_db,
     "heartbeat": lambda c, a: c.heart_beat(),
     "delete-db": lambda c, a: c.delete_db(),
     "users": lambda c, a: c.users(),
@@ -337,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--key", default=S, help="your key (SQLFLOW_PLAYGROUND_CLIENT_KEY)")
     group.add_argument("--user", default=S, help="act for this user id "
                        "(the variable named by SQLFLOW_PLAYGROUND_USER_ID_ENV)")
+    group.add_argument("--check-hostname", action="store_true", default=S,
+                       help="the server's certificate must name the host of --server "
+                            "(SQLFLOW_PLAYGROUND_CHECK_HOSTNAME=1)")
     common.add_argument("--output", "-o", choices=("text", "json"), default=S,
                         help="json: the server's answer, for scripts (default: text)")
     parser = argparse.ArgumentParser(
@@ -352,7 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=text, description=text)
 
-    add("create-db", "create your database (idempotent) and show its data source")
+    add("create-db", "create your database (idempotent) and show its data source, "
+        "showing progress while it is provisioned").add_argument(
+        "--timeout", type=float, metavar="SECONDS",
+        help="stop waiting after this long (default: the provision timeout the server "
+             "states, plus 30 s); the server carries on either way")
     add("heartbeat", "tell the server you are still there")
     add("delete-db", "release your database now")
     add("users", "list all users (frontend certificates only)")
@@ -406,9 +446,13 @@ def main(argv: Optional[List[str]] = None) -> None:
             job_parser.error(problem)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     as_json = getattr(args, "output", "text") == "json"
-    settings = {k: getattr(args, k, None) for k in ("server", "ca", "cert", "key")}
+    settings = {k: getattr(args, k, None) for k in ("server", "ca", "cert", "key",
+                                                    "check_hostname")}
     try:
         client = PlaygroundClient.from_env(user_id=getattr(args, "user", None), **settings)
+    except PlaygroundClientError as e:  # a certificate that cannot work: say why, no usage
+        print(f"error: {e.code}: {e.message}", file=sys.stderr)
+        sys.exit(1)
     except ValueError as e:
         parser.error(str(e))
     try:

@@ -20,6 +20,10 @@ and a request it cannot take (too many query fields, a bad Host) gets a bare ``4
   body timeout stays Tornado's ``body_timeout``).
 * A header block over the limit is answered ``431`` and an unparsable request ``400``,
   with the JSON error body of every other error.
+* A refused TLS handshake is logged (rate-limited, like refused connections) with the
+  reason in words and the client certificate's subject, which the server remembers from
+  the handshake as it goes by (``ssl``'s message callback), instead of Tornado's raw
+  "SSL Error on …" line for each.
 
 The sweeper and the 431 read private IOStream state (``_read_regex``: set while a header
 block is awaited, ``_read_buffer_size``, ``_read_future``, ``_read_max_bytes``);
@@ -30,6 +34,7 @@ import logging
 import resource
 import socket
 import ssl
+import threading
 from collections import Counter
 from typing import Any, Dict, Optional
 
@@ -52,6 +57,23 @@ MAX_MESSAGE_CHARS = 200
 LINGER_S, LINGER_BYTES = 2.0, 4 << 20  # after a 431: read and drop at most this
 
 HANDSHAKE, IDLE, HEADERS, BUSY = "TLS handshake", "idle", "header block", "busy"
+MAX_REASONS = 50  # distinct reasons a tally keeps between two lines; more count as "other"
+# Why a handshake was refused, in words: OpenSSL's verify message or error reason ->
+VERIFY_REASONS = {
+    "unable to get local issuer certificate": "a certificate from an unknown CA",
+    "self-signed certificate": "a certificate from an unknown CA",
+    "certificate has expired": "an expired certificate",
+    "certificate revoked": "a revoked certificate",
+    "unsuitable certificate purpose": "not a client certificate",
+}
+SSL_REASONS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no client certificate",
+    "HTTP_REQUEST": "plain HTTP sent to the TLS port",
+    "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust the server's certificate "
+                              "(its CA file is not this server's CA)",
+    "UNSUPPORTED_PROTOCOL": "a TLS version below 1.2",
+    "WRONG_VERSION_NUMBER": "not TLS",
+}
 
 
 def raise_fd_limit() -> int:
@@ -99,6 +121,8 @@ class _Tally:
         self._timer: Optional[object] = None
 
     def add(self, reason: str) -> None:
+        if reason not in self.counts and len(self.counts) >= MAX_REASONS:
+            reason = "other"
         self.counts[reason] += 1
         if self._timer is None:
             self.flush()
@@ -199,8 +223,73 @@ class _Linger:
         self.lingering.discard(self)
 
 
+class _QuietHandshakes(logging.Filter):
+    """Drops Tornado's own line for a failed handshake of our streams (the server logs
+    its own, rate-limited), leaving any other Tornado stream's alone."""
+
+    local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(self.local, "quiet", False)
+                    and record.msg == "SSL Error on %s %s: %s")
+
+
+logging.getLogger("tornado.general").addFilter(_QuietHandshakes())
+
+
 class _SSLStream(_Answers431, SSLIOStream):
-    pass
+    def _do_ssl_handshake(self) -> None:
+        _QuietHandshakes.local.quiet = True
+        try:
+            super()._do_ssl_handshake()
+        finally:
+            _QuietHandshakes.local.quiet = False
+
+
+def _remember_client_cert(conn: Any, direction: str, version: Any, content_type: Any,
+                          msg_type: Any, data: bytes) -> None:
+    """An SSLContext message callback: keeps the client's Certificate message (the first
+    certificate of it) on its socket, so a refused handshake can name the subject."""
+    if direction == "read" and msg_type == ssl._TLSMessageType.CERTIFICATE:  # noqa: SLF001
+        conn.sfp_client_cert = (data[:16384], version == ssl.TLSVersion.TLSv1_3)
+
+
+def certificate_subject(message: Optional[bytes], tls13: bool) -> Optional[str]:
+    """"CN=…" of the first certificate in a TLS Certificate handshake message; None if
+    there is none or it cannot be read. A few lines of DER rather than a dependency."""
+    def tlv(buf: bytes, i: int):  # (tag, start of the value, its end)
+        tag, n = buf[i], buf[i + 1]
+        i += 2
+        if n & 0x80:
+            n, i = int.from_bytes(buf[i:i + (n & 0x7F)], "big"), i + (n & 0x7F)
+        return tag, i, i + n
+    try:
+        i = 4 + (1 + message[4] if tls13 else 0) + 3  # header, request context, list length
+        der = message[i + 3:i + 3 + int.from_bytes(message[i:i + 3], "big")]
+        _, i, _ = tlv(der, 0)  # Certificate
+        _, i, end = tlv(der, i)  # TBSCertificate: [version] serial sigalg issuer validity subject
+        fields = []
+        while i < end and len(fields) < 6:
+            tag, start, i = tlv(der, i)
+            fields.append((tag, start, i))
+        _, start, stop = fields[5 if fields[0][0] == 0xA0 else 4]
+        subject = der[start:stop]
+        at = subject.find(b"\x06\x03\x55\x04\x03")  # the OID of commonName
+        if at < 0:
+            return "no common name"
+        _, start, stop = tlv(subject, at + 5)
+        return "CN=" + subject[start:stop].decode("utf-8", "replace")[:64]
+    except (IndexError, TypeError, ValueError):
+        return None
+
+
+def refusal(error: BaseException) -> str:
+    """Why the handshake failed, in words."""
+    message = getattr(error, "verify_message", None)
+    if message:
+        return VERIFY_REASONS.get(message, message)
+    reason = getattr(error, "reason", None)
+    return SSL_REASONS.get(reason, reason or str(error)[:MAX_MESSAGE_CHARS])
 
 
 class _PlainStream(_Answers431, IOStream):
@@ -288,6 +377,7 @@ class GatewayHTTPServer(HTTPServer):
         self._listening: Dict[int, socket.socket] = {}
         self._paused: Dict[int, object] = {}
         self._refused = _Tally("new connections not served")
+        self._refused_tls = _Tally("TLS handshakes refused")
         self._expired = _Tally("connections closed for taking too long")
         timeouts = [t for t in self.limits.values() if t]
         self._sweeper = None
@@ -334,7 +424,10 @@ class GatewayHTTPServer(HTTPServer):
                 continue
             try:
                 if self.ssl_options is not None:
-                    conn = ssl_wrap_socket(conn, self.ssl_options, server_side=True,
+                    context = self.ssl_options
+                    if getattr(context, "_msg_callback", False) is None:  # a new context
+                        context._msg_callback = _remember_client_cert
+                    conn = ssl_wrap_socket(conn, context, server_side=True,
                                            do_handshake_on_connect=False)
                     stream: IOStream = _SSLStream(conn, max_buffer_size=self.max_buffer_size,
                                                   read_chunk_size=self.read_chunk_size)
@@ -356,16 +449,28 @@ class GatewayHTTPServer(HTTPServer):
             super().handle_stream(stream, address)
             return
         self._watched[stream] = _Watch(HANDSHAKE, IOLoop.current().time())
+        tls = stream.socket
         stream.wait_for_handshake().add_done_callback(
-            lambda done: self._handshake_done(done, stream, address))
+            lambda done: self._handshake_done(done, stream, address, tls))
 
-    def _handshake_done(self, done: Any, stream: IOStream, address: Any) -> None:
-        # A failed handshake was logged by Tornado; one that timed out, by the sweeper.
+    def _handshake_done(self, done: Any, stream: IOStream, address: Any, tls: Any) -> None:
+        # One that timed out was logged by the sweeper; a peer that left mid-way is not news.
         if done.cancelled() or done.exception() is not None or stream.closed():
             self._watched.pop(stream, None)
+            error = None if done.cancelled() else done.exception()
+            if isinstance(error, ssl.SSLError) and not isinstance(
+                    error, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+                self._log_refusal(error, address, tls)
             return
+        vars(tls).pop("sfp_client_cert", None)  # only a refusal needs it
         self._watched[stream].phase = BUSY
         super().handle_stream(stream, address)
+
+    def _log_refusal(self, error: ssl.SSLError, address: Any, tls: Any) -> None:
+        message, tls13 = getattr(tls, "sfp_client_cert", (None, False))
+        who = certificate_subject(message, tls13) or "no certificate read"
+        peer = address[0] if isinstance(address, tuple) and address else "?"
+        self._refused_tls.add(f"{refusal(error)} ({who}, from {peer})")
 
     def on_close(self, server_conn: Any) -> None:
         self._watched.pop(server_conn.stream, None)
@@ -418,6 +523,7 @@ class GatewayHTTPServer(HTTPServer):
         if self._sweeper is not None:
             self._sweeper.stop()
         self._refused.stop()
+        self._refused_tls.stop()
         self._expired.stop()
         super().stop()
 

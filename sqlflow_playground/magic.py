@@ -43,7 +43,8 @@ from IPython.core.displaypub import DisplayPublisher
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from .client import PlaygroundClient, PlaygroundClientError, environment
+from .client import (CertificateProblem, PlaygroundClient, PlaygroundClientError, environment,
+                     provisioning_line)
 from .client_cli import Statements
 from .results import Progress, Result, Table
 
@@ -117,6 +118,23 @@ class HeartBeat:
                 log.info("heart beat failed: %s", e)
 
 
+class Provisioning:
+    """create_db's progress: "provisioning your database… 12 s (phase)", one display
+    updated in place (a new line per update in a plain terminal)."""
+
+    def __init__(self) -> None:
+        self.handle: Any = None
+
+    def __call__(self, body: Dict[str, Any]) -> None:
+        self.show(provisioning_line(body))
+
+    def show(self, text: str) -> None:
+        if self.handle is None:
+            self.handle = display({"text/plain": text}, raw=True, display_id=True)
+        else:
+            self.handle.update({"text/plain": text}, raw=True)
+
+
 @magics_class
 class SQLFlowMagics(Magics):
     def __init__(self, shell: Any):
@@ -136,6 +154,8 @@ class SQLFlowMagics(Magics):
             interval = float(os.environ.get(HEARTBEAT_ENV) or 600)
             if not interval > 0:
                 raise ValueError(f"{HEARTBEAT_ENV} must be a positive number of seconds")
+        except CertificateProblem:
+            raise  # expired, key not matching, …: its one line says what to do
         except ValueError as e:
             raise UsageError(f"%%sqlflow is not configured: {e}") from None
         if not os.environ.get(DATASOURCE_ENV):
@@ -146,7 +166,11 @@ class SQLFlowMagics(Magics):
         return client
 
     def _create_db(self, client: PlaygroundClient) -> None:
-        os.environ[DATASOURCE_ENV] = client.create_db()["data_source"]
+        """Waits as long as the server may take to provision, showing its progress."""
+        progress = Provisioning()
+        os.environ[DATASOURCE_ENV] = client.create_db(on_progress=progress)["data_source"]
+        if progress.handle is not None:
+            progress.show("your database is ready")
         self._exported = True
 
     @magic_arguments()

@@ -136,7 +136,7 @@ def test_errors_carry_status_code_and_message(alice, connect, certs, jobs_server
                                 key=str(certs.other / "alice" / "alice.key"))
     with pytest.raises(PlaygroundClientError) as refused:
         stranger.heart_beat()
-    assert refused.value.status == 0 and refused.value.code == "unreachable"
+    assert refused.value.status == 0 and refused.value.code == "unknown_ca"
     closed = PlaygroundClient("https://127.0.0.1:1", **tls(certs, "alice"))
     with pytest.raises(PlaygroundClientError) as down:
         closed.heart_beat()
@@ -288,7 +288,7 @@ def test_cli_exit_codes(cli, cli_env):
     unset = {k: v for k, v in cli_env.items() if k != "SQLFLOW_PLAYGROUND_SERVER"}
     assert "SQLFLOW_PLAYGROUND_SERVER" in cli("jobs", env=unset, code=2).stderr
     down = cli("--server", "https://127.0.0.1:1", "jobs", code=1)
-    assert down.stderr.startswith("error: unreachable: cannot reach https://127.0.0.1:1")
+    assert down.stderr.startswith("error: server_down: nothing listens on 127.0.0.1:1")
 
 
 def test_run_follow_prints_lines_in_order_and_tables_aligned(cli, alice):
