@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from conftest import ROOT, admin_connect, client_context, missing, request, wait_until
+from conftest import ROOT, client_context, request, wait_until
 
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent  # sqlflow_playground, gen_cert.sh and python live here
