@@ -64,6 +64,17 @@ FETCH_TIMEOUT = {**NUM, "exclusiveMinimum": 0, "maximum": 604800,
 SCHEMAS: Dict[str, Schema] = {
     "Error": obj(["error"], error=obj(["code", "message"], code=STR, message=STR)),
     "UserRequest": obj(closed=True, user_id=USER_ID),
+    "CreateDBRequest": obj(closed=True, user_id=USER_ID, wait={
+        "type": "number", "minimum": 0, "description": (
+            "new clients: answer within this many seconds (at most 30), 202 while the "
+            "database is still being provisioned; POST again to keep waiting. Without it "
+            "the answer comes when the database is ready")}),
+    "Provisioning": obj(["user_id", "status", "phase", "elapsed_s", "provision_timeout_s"],
+                        user_id=STR, status={"const": "provisioning"},
+                        phase={"type": ["string", "null"], "description": (
+                            "what the backend is doing, when it can tell (kubernetes: "
+                            "scheduling, pulling the image, starting MySQL)")},
+                        elapsed_s=NUM, provision_timeout_s=NUM),
     "CreateDB": obj(["data_source", "user_id", "created", "idle_timeout_s"], data_source=STR,
                     user_id=STR, created=BOOL, idle_timeout_s=NUM),
     "HeartBeat": obj(["user_id", "status", "idle_timeout_s"], user_id=STR,
@@ -118,15 +129,18 @@ METHOD_NOT_ALLOWED = 405
 
 
 def op(summary: str, ok: Optional[str] = None, errors: Iterable[int] = (), body: Optional[str] = None,
-       query: Iterable[str] = (), status: int = 200, tag: str = "jobs") -> Dict[str, Any]:
+       query: Iterable[str] = (), status: int = 200, tag: str = "jobs",
+       also: Optional[Dict[int, str]] = None) -> Dict[str, Any]:
+    """``also``: other successful answers, status -> schema."""
     return dict(summary=summary, ok=ok, errors=tuple(errors), body=body, query=tuple(query),
-                status=status, tag=tag)
+                status=status, tag=tag, also=dict(also or {}))
 
 
 OPERATIONS = {
     ("/api/create_db", "post"): op(
         "Create the user's database, or return the existing one (idempotent)", "CreateDB",
-        (400, 403, 413, 503), body="UserRequest", tag="databases"),
+        (400, 403, 413, 503), body="CreateDBRequest", tag="databases",
+        also={202: "Provisioning"}),
     ("/api/heart_beat", "get"): op(
         "Record that the user is alive", "HeartBeat", (400, 403), query=["user_id"],
         tag="databases"),
@@ -188,6 +202,9 @@ def operation(path: str, method: str, spec: Dict[str, Any]) -> Dict[str, Any]:
                for name in spec["query"]]
     content = RAW_RESPONSES.get(path) or {"application/json": {"schema": ref(spec["ok"])}}
     responses: Dict[str, Any] = {str(spec["status"]): {"description": "OK", "content": content}}
+    for status, schema in spec["also"].items():
+        responses[str(status)] = {"description": schema, "content": {
+            "application/json": {"schema": ref(schema)}}}
     for status in sorted({*spec["errors"], METHOD_NOT_ALLOWED}):
         responses[str(status)] = {"$ref": f"#/components/responses/{response_name(status)}"}
     responses["default"] = {"description": "any other error, e.g. 500",

@@ -104,6 +104,9 @@ def test_real_answers_fit_the_document(spec, fetch_as):
     calls = [
         ("/api/create_db", "post", alice("POST", "/api/create_db", {"user_id": "alice"})),
         ("/api/create_db", "post", alice("POST", "/api/create_db", b"{oops")),
+        # 202 while provisioning, or 200 if already done: both are documented
+        ("/api/create_db", "post", front("POST", "/api/create_db",
+                                         {"user_id": "zoe", "wait": 0})),
         ("/api/heart_beat", "get", alice("GET", "/api/heart_beat")),
         ("/api/users/{user_id}", "get", alice("GET", "/api/users/alice")),
         ("/api/users/{user_id}", "get", alice("GET", "/api/users/bob")),
