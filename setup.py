@@ -8,7 +8,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["sqlflow_playground", "sqlflow_playground.*"]),
-    package_data={"sqlflow_playground.proto": ["*.proto"]},
+    package_data={"sqlflow_playground.proto": ["*.proto"],
+                  # the dashboard (handlers/ui.py): its pages, script, style and icon
+                  "sqlflow_playground": ["templates/*.html", "static/*"]},
     scripts=["scripts/gen_cert.sh"],
     install_requires=[
         "tornado>=6.1",
@@ -42,6 +44,9 @@ setup(
             "nbformat>=5.7",
             "ipykernel>=6",
             "pandas>=1.5",
+            # tests/test_dashboard.py drives Debian's chromium + chromium-driver (.ci/run
+            # installs them)
+            "selenium>=4.10",
         ],
         "bench": ["uvloop>=0.17"],
         "notebook": ["ipython>=8"],

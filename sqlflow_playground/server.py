@@ -19,6 +19,7 @@ from .config import Config, ConfigError
 from .connections import GatewayHTTPServer, connection_cap, fd_reserve, raise_fd_limit
 from .errors import Unavailable
 from .handlers import NotFoundHandler, all_handlers, route_templates
+from .handlers import ui
 from .handlers.base import DISCARD_LIMIT_BYTES
 from .handlers.health import make_health_app
 from .handlers.meta import make_metrics_app
@@ -39,17 +40,25 @@ log = logging.getLogger(__name__)
 def make_app(config: Config, playground: PlaygroundService, jobs: JobService,
              registry: PluginRegistry, metrics: Metrics,
              runner: BlockingRunner) -> tornado.web.Application:
+    activity = ui.Activity()  # the dashboard's last hour (handlers/ui.py)
     return tornado.web.Application(
-        all_handlers(),
+        all_handlers() + ui.default_handlers + ui.static_handlers,
         default_handler_class=NotFoundHandler,
         playground=playground,
         jobs=jobs,
         registry=registry,
         metrics=metrics,
         runner=runner,
-        routes=route_templates(),
+        routes={**route_templates(), **ui.route_templates()},
         openapi=json.dumps(build_spec()),
-        log_function=log_request,
+        log_function=activity.wrap(log_request),
+        # The dashboard: its templates; its XSRF cookie, checked by its POST routes only
+        # (the JSON API takes no cookies). Its static files are served by its own route
+        # under /ui/static/, not static_path (which would add /favicon.ico, /robots.txt).
+        template_path=ui.TEMPLATE_DIR,
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict",
+                            "secure": config.tls_enabled},
+        ui_activity=activity,
         frontend_certs=config.frontend_certs,
         insecure=not config.tls_enabled,
     )

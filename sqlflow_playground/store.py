@@ -12,7 +12,7 @@ The tables below are the shape queries use; the schema itself is created and cha
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -371,6 +371,63 @@ class Store:
                     jobs.c.token.in_(tokens[i:i + 500])))
                 found.update((token, status) for token, status in rows)
         return found
+
+    # -- pages (the dashboard: bounded answers however many rows there are) ------
+
+    def count_users_by_status(self) -> Dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(users.c.status, sa.func.count())
+                                .group_by(users.c.status)).all()
+        return {status: n for status, n in rows}
+
+    def count_jobs_by_status(self, user_id: Optional[str] = None) -> Dict[str, int]:
+        stmt = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
+        if user_id is not None:
+            stmt = stmt.where(jobs.c.user_id == user_id)
+        with self.engine.connect() as conn:
+            return {status: n for status, n in conn.execute(stmt).all()}
+
+    def users_page(self, offset: int, limit: int, status: Optional[str] = None,
+                   prefix: Optional[str] = None) -> Tuple[List[Dict[str, Any]], int]:
+        """(``limit`` users from ``offset`` in user_id order, how many match in all)."""
+        cond = sa.true()
+        if status is not None:
+            cond = sa.and_(cond, users.c.status == status)
+        if prefix:
+            cond = sa.and_(cond, users.c.user_id.startswith(prefix, autoescape=True))
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(users)
+                                 .where(cond)).scalar_one()
+            rows = conn.execute(users.select().where(cond).order_by(users.c.user_id)
+                                .offset(offset).limit(limit)).fetchall()
+        return [_row(r) for r in rows], total
+
+    JOB_PAGE_COLUMNS = ("token", "user_id", "task_type", "version", "status", "message",
+                        "created_at", "started_at", "finished_at", "replica")
+
+    def jobs_page(self, offset: int, limit: int, user_id: Optional[str] = None,
+                  status: Optional[str] = None) -> Tuple[List[Dict[str, Any]], int]:
+        """(``limit`` jobs from ``offset``, newest first, without their spec, meta and
+        outputs (they may be large); how many match in all)."""
+        cond = sa.true()
+        if user_id is not None:
+            cond = sa.and_(cond, jobs.c.user_id == user_id)
+        if status is not None:
+            cond = sa.and_(cond, jobs.c.status == status)
+        columns = [jobs.c[name] for name in self.JOB_PAGE_COLUMNS]
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(jobs)
+                                 .where(cond)).scalar_one()
+            rows = conn.execute(sa.select(*columns).where(cond)
+                                .order_by(jobs.c.created_at.desc(), jobs.c.token)
+                                .offset(offset).limit(limit)).fetchall()
+        return [dict(r._mapping) for r in rows], total
+
+    def job_created_times(self, since: float) -> List[float]:
+        """When each job created at or after ``since`` was created (one column)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(jobs.c.created_at)
+                                     .where(jobs.c.created_at >= since)).scalars())
 
     # -- job output ------------------------------------------------------------
 
