@@ -72,11 +72,12 @@ def shots(request, tmp_path_factory):
     folder = Path(os.environ.get("DASHBOARD_SCREENSHOTS") or
                   tmp_path_factory.mktemp("dashboard_screenshots"))
     folder.mkdir(parents=True, exist_ok=True)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
 
-    def say(line: str) -> None:
-        if reporter is not None:
-            reporter.write_line(line)
+    def say(line: str) -> None:  # past pytest's capture: the run shows where they are
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                print(f"\n{line}", file=sys.stderr, flush=True)
         else:
             print(line, file=sys.stderr)
 
