@@ -600,3 +600,51 @@ def test_activity_ring_forgets_minutes_older_than_an_hour():
 def test_data_source_host_never_shows_the_password(data_source, host):
     from sqlflow_playground.handlers.ui import data_source_host
     assert data_source_host(data_source) == host
+
+
+# -- the store's page queries on every backend -------------------------------------------
+
+from test_store_backends import BACKENDS, fresh_url  # noqa: E402,F401
+
+
+@pytest.fixture(params=BACKENDS)
+def page_store(request, fresh_url):  # noqa: F811
+    from sqlflow_playground.store import Store
+    s = Store(fresh_url(request.param))
+    yield s
+    s.close()
+
+
+def test_page_queries_on_every_backend(page_store):
+    s = page_store
+    for user_id in ("a1", "a2", "b", "c", "x_1", "xa1"):
+        s.save_user(user_id, "sqlite", "sqlite:///x?secret=y", {}, 1000.0)
+    s.begin_provisioning("d", "sqlite", 1000.0, "r/1", 2000.0)
+    assert s.count_users_by_status() == {"ready": 6, "provisioning": 1}
+    rows, total = s.users_page(0, 2)
+    assert [r["user_id"] for r in rows] == ["a1", "a2"] and total == 7
+    assert [r["user_id"] for r in s.users_page(2, 3)[0]] == ["b", "c", "d"]
+    assert [r["user_id"] for r in s.users_page(0, 10, prefix="x_")[0]] == ["x_1"]  # literal _
+    assert s.users_page(0, 10, prefix="%")[1] == 0  # literal %
+    assert [r["user_id"] for r in s.users_page(0, 10, prefix="a")[0]] == ["a1", "a2"]
+    assert [r["user_id"] for r in s.users_page(0, 10, status="provisioning")[0]] == ["d"]
+
+    since = 60_000.0
+    # Minute 0 ends just before since + 60: a database that rounds a CAST would say 1.
+    offsets = [0.0, 29.9, 59.9, 60.0, 119.99, 3599.0, -0.5]
+    for i, off in enumerate(offsets):
+        s.insert_job(token=f"tok{i}", user_id="b" if i % 2 else "c", task_type="sql",
+                     version="v1", spec={"sql": "x"}, status="SUCCEEDED" if i % 3 else "FAILED",
+                     message=f"m{i}", created_at=since + off, last_fetched_at=since,
+                     fetch_timeout_s=60.0, replica="r")
+    assert s.jobs_per_minute(since) == {0: 3, 1: 2, 59: 1}
+    assert s.count_jobs_by_status() == {"FAILED": 3, "SUCCEEDED": 4}
+    assert s.count_jobs_by_status("b") == {"FAILED": 1, "SUCCEEDED": 2}
+    newest_first = [f"tok{i}" for i in (5, 4, 3, 2, 1, 0, 6)]
+    rows, total = s.jobs_page(0, 3)
+    assert [r["token"] for r in rows] == newest_first[:3] and total == 7
+    assert set(rows[0]) == set(s.JOB_PAGE_COLUMNS)  # never spec, meta or outputs
+    assert [r["token"] for r in s.jobs_page(3, 10)[0]] == newest_first[3:]
+    rows, total = s.jobs_page(0, 10, user_id="b", status="SUCCEEDED")
+    assert [r["token"] for r in rows] == ["tok5", "tok1"] and total == 2
+    assert s.jobs_page(50, 10) == ([], 7)

@@ -110,15 +110,6 @@ class Activity:
                        else 0 for m in range(first, last + 1)]
 
 
-def per_minute(times: List[float], first_minute: int) -> List[int]:
-    counts = [0] * CHART_MINUTES
-    for t in times:
-        i = int(t // 60) - first_minute
-        if 0 <= i < CHART_MINUTES:
-            counts[i] += 1
-    return counts
-
-
 _asset_versions: Dict[str, str] = {}
 
 
@@ -293,16 +284,17 @@ class AdminDataHandler(UIDataHandler):
             return (store.count_users_by_status(), store.count_jobs_by_status(),
                     store.users_page(u_offset, u_limit, user_status, prefix),
                     store.jobs_page(j_offset, j_limit, owner, job_status),
-                    store.job_created_times(first_minute * 60))
+                    store.jobs_per_minute(first_minute * 60))
 
-        user_counts, job_counts, (users, n_users), (jobs, n_jobs), created = \
+        user_counts, job_counts, (users, n_users), (jobs, n_jobs), per_minute = \
             await self.runner.run(read)
         activity: Activity = self.settings["ui_activity"]
         _, beats = activity.series("heart_beats", now)
         self.write_json({
             "now": now, "idle_timeout_s": self.playground.idle_timeout_s,
             "counts": {"users": user_counts, "jobs": job_counts},
-            "chart": {"first_minute": first_minute * 60, "jobs": per_minute(created, first_minute),
+            "chart": {"first_minute": first_minute * 60,
+                      "jobs": [per_minute.get(i, 0) for i in range(CHART_MINUTES)],
                       "heart_beats": beats, "replica": self.jobs.settings.replica},
             "users": {**self.page_info(u_offset, u_limit, n_users),
                       "rows": [self.user_view(u, now) for u in users]},
