@@ -143,8 +143,11 @@ def browser(browser_tools, certs, tmp_path_factory):
 
 
 def until(driver, condition, timeout=WAIT_S, message=""):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, timeout).until(condition, message)
+    # A table the page is redrawing meanwhile: look again.
+    return WebDriverWait(driver, timeout, ignored_exceptions=[
+        StaleElementReferenceException]).until(condition, message)
 
 
 def loaded(driver, url: str):
@@ -154,14 +157,17 @@ def loaded(driver, url: str):
           message=f"{url} never finished loading its data")
 
 
-def confirm_next(driver, expect: str = "") -> str:
-    """Accept the confirmation dialog the last click opened; return its question."""
+def confirm_next(driver, expect: str = "", accept: bool = True) -> str:
+    """Answer the confirmation dialog the last click opened; return its question."""
     from selenium.webdriver.support import expected_conditions as EC
     until(driver, EC.alert_is_present(), message="no confirmation was asked")
     alert = driver.switch_to.alert
     text = alert.text
     assert expect in text, text
-    alert.accept()
+    if accept:
+        alert.accept()
+    else:
+        alert.dismiss()
     return text
 
 
@@ -240,6 +246,13 @@ def test_admin_page_lists_users_and_jobs_and_releases_a_database(gateway, fetch_
         assert data_source.partition("secret=")[2] not in source
     shots(d, "admin")
 
+    # Declining the confirmation releases nothing.
+    d.find_element("css selector", "#users-body tr[data-user='alice'] button.release").click()
+    confirm_next(d, "Release the database of alice", accept=False)
+    d.find_element("id", "refresh").click()
+    until(d, lambda d: d.find_elements("css selector", "#users-body tr[data-user='alice']"))
+    assert alice("GET", "/api/users/alice").status == 200
+
     d.find_element("css selector", "#users-body tr[data-user='bob'] button.release").click()
     assert "bob" in confirm_next(d, "Release the database of bob")
     until(d, lambda d: not d.find_elements("css selector", "#users-body tr[data-user='bob']"),
@@ -248,6 +261,51 @@ def test_admin_page_lists_users_and_jobs_and_releases_a_database(gateway, fetch_
     assert alice("GET", "/api/users/alice").status == 200  # only bob's was released
     assert d.find_element("id", "count-users").text == "1"
     shots(d, "admin_after_release")
+
+
+def test_the_admin_page_pages_and_filters(gateway, browser, shots):
+    store = gateway.gateway.store
+    now = time.time()
+    for i in range(120):
+        store.save_user(f"u{i:03d}", "sqlite", f"sqlite:////nowhere/u{i:03d}.db?secret=s{i}",
+                        {"path": f"/nowhere/u{i:03d}.db"}, now)
+    for i in range(60):
+        store.insert_job(token=f"job{i:03d}", user_id=f"u{i % 3:03d}", task_type="sql",
+                         version="v1", spec={"sql": "SELECT 1"},
+                         status="FAILED" if i % 2 else "SUCCEEDED", message=f"m{i}",
+                         created_at=now - i, started_at=now - i, finished_at=now - i + 1,
+                         last_fetched_at=now, fetch_timeout_s=60.0, replica="r1")
+    d = browser("front")
+    loaded(d, url(gateway, "/ui/"))
+
+    def users():
+        return [tr.get_attribute("data-user")
+                for tr in d.find_elements("css selector", "#users-body tr[data-user]")]
+
+    def jobs():
+        return [tr.get_attribute("data-token")
+                for tr in d.find_elements("css selector", "#jobs-body tr[data-token]")]
+
+    assert users() == [f"u{i:03d}" for i in range(50)]
+    assert jobs() == [f"job{i:03d}" for i in range(50)]
+    assert d.find_element("css selector", "#users-pager .page-info").text == \
+        "page 1 of 3 · 120 in all"
+    d.find_elements("css selector", "#users-pager button")[1].click()  # Next
+    until(d, lambda d: users()[:1] == ["u050"])
+    assert users() == [f"u{i:03d}" for i in range(50, 100)]
+    assert jobs() == [f"job{i:03d}" for i in range(50)]  # the other list stays on its page
+    d.find_elements("css selector", "#jobs-pager button")[1].click()
+    until(d, lambda d: jobs() == [f"job{i:03d}" for i in range(50, 60)])
+    d.find_element("id", "user-prefix").send_keys("u11")
+    until(d, lambda d: users() == [f"u11{i}" for i in range(10)])
+    assert d.find_element("css selector", "#users-pager .page-info").text == \
+        "page 1 of 1 · 10 in all"
+    d.find_element("id", "job-owner").send_keys("u001")
+    from selenium.webdriver.support.ui import Select
+    Select(d.find_element("id", "job-status")).select_by_visible_text("FAILED")
+    expected = [f"job{i:03d}" for i in range(60) if i % 3 == 1 and i % 2]
+    until(d, lambda d: jobs() == expected)
+    shots(d, "admin_paged_and_filtered")
 
 
 def test_a_user_sees_only_their_own_rows_and_a_404_page_for_another_users_job(

@@ -246,12 +246,15 @@
     const state = { users_page: 1, jobs_page: 1, user_prefix: "", user_status: "", owner: "",
                     job_status: "" };
     let loading = null;
+    let asked = 0;  // an answer to an older request than the last is dropped
     async function load() {
       const q = new URLSearchParams();
       for (const [k, v] of Object.entries(state)) if (v !== "" && v !== null) q.set(k, String(v));
+      const mine = ++asked;
       let d;
       try { d = await getJSON("/ui/data/admin?" + q.toString()); }
-      catch (e) { notice("Could not load: " + e.message, true); return; }
+      catch (e) { if (mine === asked) notice("Could not load: " + e.message, true); return; }
+      if (mine !== asked) return;
       $("count-users").textContent = String(sum(d.counts.users));
       $("count-users-detail").textContent = breakdown(d.counts.users);
       $("count-jobs").textContent = String(sum(d.counts.jobs));
@@ -322,18 +325,27 @@
       pager($("jobs-pager"), d.jobs, function (p) { state.jobs_page = p; reload(); });
     }
 
+    // Every filter's current value is read when the (debounced) reload comes, so quick
+    // changes to several filters all count; a list whose filter changed starts at page 1.
+    const filters = [["user-prefix", "user_prefix", "users_page"],
+                     ["user-status", "user_status", "users_page"],
+                     ["job-owner", "owner", "jobs_page"],
+                     ["job-status", "job_status", "jobs_page"]];
     let typing = null;
-    function filter(id, key, pageKey) {
+    function applyFilters() {
+      for (const [id, key, pageKey] of filters) {
+        const value = $(id).value.trim();
+        if (state[key] !== value) { state[key] = value; state[pageKey] = 1; }
+      }
+      reload();
+    }
+    for (const [id] of filters) {
       const input = $(id);
       input.addEventListener(input.tagName === "SELECT" ? "change" : "input", function () {
         clearTimeout(typing);
-        typing = setTimeout(function () { state[key] = input.value.trim(); state[pageKey] = 1; reload(); }, 250);
+        typing = setTimeout(applyFilters, 250);
       });
     }
-    filter("user-prefix", "user_prefix", "users_page");
-    filter("user-status", "user_status", "users_page");
-    filter("job-owner", "owner", "jobs_page");
-    filter("job-status", "job_status", "jobs_page");
     $("refresh").addEventListener("click", reload);
     reload();
     setInterval(function () { if (document.visibilityState === "visible") reload(); }, 30000);
@@ -343,10 +355,13 @@
   function userPage() {
     let jobsPage = 1;
     let db = null;
+    let asked = 0;  // an answer to an older request than the last is dropped
     async function load() {
+      const mine = ++asked;
       let d;
       try { d = await getJSON("/ui/data/me?jobs_page=" + jobsPage); }
-      catch (e) { notice("Could not load: " + e.message, true); return null; }
+      catch (e) { if (mine === asked) notice("Could not load: " + e.message, true); return null; }
+      if (mine !== asked) return null;
       db = d.database;
       $("db-status").textContent = db ? db.status : "none";
       $("db-status").className = "status status-" + (db ? db.status : "none");
