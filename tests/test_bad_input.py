@@ -42,7 +42,7 @@ def alice_with_db(server, fetch_as):
     ("DELETE", "/api/heart_beat", None, 405, "method_not_allowed"),
     ("PUT", "/api/users", b"{}", 405, "method_not_allowed"),
     ("GET", "/api/nope", None, 404, "not_found"),
-    ("POST", "/", b"{}", 404, "not_found"),
+    ("POST", "/", b"{}", 405, "method_not_allowed"),  # GET / leads to the dashboard
 ])
 def test_bad_request_is_refused_and_changes_nothing(server, alice_with_db, method, path, body,
                                                     status, code):

@@ -232,7 +232,10 @@ class UIHandler(APIHandler):
                 "pages": max(1, -(-total // limit))}
 
 
-class RootHandler(UIHandler):
+class RootHandler(APIHandler):
+    """``/`` and ``/ui`` lead a browser to the dashboard; any other method is the API's
+    JSON 405, as every API route answers it (no HTML, no cookie for a script)."""
+
     def get(self) -> None:
         self.redirect("/ui/")
 
