@@ -54,7 +54,7 @@ jobs = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, index=True),
     sa.Column("message", sa.Text, nullable=False, default=""),
     sa.Column("outputs", sa.Text),  # JSON, once finished
-    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False, index=True),  # newest first
     sa.Column("started_at", sa.Double),
     sa.Column("finished_at", sa.Double),
     sa.Column("last_fetched_at", sa.Double, nullable=False),
