@@ -204,7 +204,7 @@ def test_quick_start_is_the_two_excepted_commands():
 def test_every_bash_command_has_a_runner_here_or_a_reason():
     """A new ```bash block in a section this test does not walk fails here."""
     walked = {"Quick start", "Certificates", "Running the server", "The MySQL provisioner",
-              "For users", "Jobs"}
+              "For users", "Jobs", "A certificate for your browser"}
     for heading, body in sections(README.read_text()):
         if blocks(body, "bash"):
             assert heading in walked, f"README section {heading!r} has a ```bash block " \
@@ -448,11 +448,38 @@ def test_python_snippets_run_as_written(tmp_path):
         assert done.stdout.strip(), snippet
 
 
+def test_a_certificate_for_your_browser(walk):
+    ks = walk.tmp / "key_store"
+    if not (ks / "ca" / "ca.crt").exists():
+        pytest.fail("needs test_certificates to have run first")
+
+    def opens(bundle: Path, password: str) -> bool:
+        return subprocess.run(["openssl", "pkcs12", "-in", str(bundle), "-noout",
+                               "-passin", f"pass:{password}"], capture_output=True).returncode == 0
+
+    checks = {
+        "gen_cert.sh --p12 alice": lambda out: opens(
+            ks / "alice" / "alice.p12", (ks / "alice" / "alice.p12.pass").read_text().strip()),
+        "env P12_PASSWORD='choose one' gen_cert.sh --p12 --frontend ops": lambda out: opens(
+            ks / "ops" / "ops.p12", "choose one") and not opens(ks / "ops" / "ops.p12", "x")
+        and "OU" in openssl_subject(ks / "ops" / "ops.crt")
+        and "frontend" in openssl_subject(ks / "ops" / "ops.crt"),
+    }
+    cmds = [c for b in blocks(readme()["A certificate for your browser"], "bash")
+            for c in commands(b)]
+    assert set(cmds) == set(checks), sorted(set(cmds) ^ set(checks))
+
+    def run(command):
+        done = walk.shell.run(command)
+        assert checks[command](done.stdout + done.stderr), (command, done.stdout, done.stderr)
+    walk.run_all(cmds, run)
+
+
 def test_every_command_was_run_or_skipped_with_a_reason(walk):
     """Run last (file order): nothing of the walked sections was left out."""
     text = readme()
     every = [c for heading in ("Certificates", "Running the server", "The MySQL provisioner",
-                               "For users", "Jobs")
+                               "For users", "Jobs", "A certificate for your browser")
              for b in blocks(text[heading], "bash") for c in commands(b)]
     done = set(walk.ran) | {c for c, _ in walk.skips}
     assert [c for c in every if c not in done] == []
