@@ -187,6 +187,29 @@ def fetch_as(certs, server):
     return as_user
 
 
+@pytest.fixture
+def notebook(tmp_path, monkeypatch):
+    """An IPython shell with this project's magic loaded and no SQLFLOW_* variable of
+    the test process's; the environment is restored afterwards."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config as ShellConfig
+    saved = dict(os.environ)
+    for name in list(os.environ):
+        if name.startswith("SQLFLOW_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    config = ShellConfig()
+    config.HistoryManager.hist_file = ":memory:"
+    InteractiveShell.clear_instance()
+    ip = InteractiveShell.instance(config=config)
+    ip.run_line_magic("load_ext", "sqlflow_playground.magic")
+    yield ip
+    ip.run_line_magic("unload_ext", "sqlflow_playground.magic")
+    InteractiveShell.clear_instance()
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (for a server that cannot take port 0)."""
     import socket

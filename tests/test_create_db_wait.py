@@ -11,9 +11,7 @@ import sys
 import threading
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
-from traitlets.config import Config
 
 from conftest import client_context, request
 from sqlflow_playground.client import PlaygroundClient, PlaygroundClientError
@@ -132,25 +130,6 @@ def test_kubernetes_phases_are_reported(make_server, certs, tmp_path):
 
 
 # -- slow: a provisioning of 45 s -----------------------------------------------------
-
-@pytest.fixture
-def notebook(tmp_path, monkeypatch):
-    saved = dict(os.environ)
-    for name in list(os.environ):
-        if name.startswith("SQLFLOW_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    InteractiveShell.clear_instance()
-    ip = InteractiveShell.instance(config=config)
-    ip.run_line_magic("load_ext", "sqlflow_playground.magic")
-    yield ip
-    ip.run_line_magic("unload_ext", "sqlflow_playground.magic")
-    InteractiveShell.clear_instance()
-    os.environ.clear()
-    os.environ.update(saved)
-
 
 def test_45_s_provisioning_cli_magic_and_the_deployed_single_post_all_succeed(
         make_server, certs, notebook, monkeypatch):

@@ -9,9 +9,7 @@ import sys
 
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
-from traitlets.config import Config
 
 from conftest import client_context, free_port, issue_with_ca
 from sqlflow_playground import connections
@@ -156,25 +154,6 @@ def test_cli_says_what_to_do_in_one_line(server, certs):
     assert mismatch.returncode == 1 and "usage:" not in mismatch.stderr
     assert mismatch.stderr.startswith("error: key_mismatch: ")
     assert len(mismatch.stderr.strip().splitlines()) == 1
-
-
-@pytest.fixture
-def notebook(tmp_path, monkeypatch):
-    saved = dict(os.environ)
-    for name in list(os.environ):
-        if name.startswith("SQLFLOW_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    InteractiveShell.clear_instance()
-    ip = InteractiveShell.instance(config=config)
-    ip.run_line_magic("load_ext", "sqlflow_playground.magic")
-    yield ip
-    ip.run_line_magic("unload_ext", "sqlflow_playground.magic")
-    InteractiveShell.clear_instance()
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 @pytest.mark.parametrize("name, says", [

@@ -303,3 +303,16 @@ class ResponseWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class ResponseLogOutput:
+    """For a task type (a ``TaskPlugin``) whose whole output is a ``ResponseLog``,
+    ``output_file`` in its job's directory, written by a ``ResponseWriter``: the
+    ``read_output`` its ``get`` and every other replica read it with."""
+
+    output_file = "responses.jsonl"
+
+    def read_output(self, ctx, cursor: str, complete: bool):
+        log = ResponseLog(os.path.join(ctx.workdir, self.output_file))
+        responses, next_cursor = log.read(cursor, ctx.max_bytes)
+        return responses, next_cursor, log.more

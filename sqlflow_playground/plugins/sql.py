@@ -49,7 +49,7 @@ from ..errors import Unprocessable
 from ..provisioners.sqlite import data_source_path, database_path, databases_directory
 from . import sql_runner
 from .base import CANCELLED, FAILED, RUNNING, TaskContext, TaskPlugin, TaskState
-from .output import ResponseLog, open_private
+from .output import ResponseLogOutput, open_private
 from .process_runner import describe_exit
 from .sql_runner import read_status, write_status
 from .sqlsplit import split_statements
@@ -185,7 +185,7 @@ def _sqlite_directory(ctx: TaskContext) -> Optional[str]:
         else None
 
 
-class SqlPlugin(TaskPlugin):
+class SqlPlugin(ResponseLogOutput, TaskPlugin):
     task_type = "sql"
     version = "v1"
     description = "Run SQL statements on your own database with your own credentials."
@@ -217,13 +217,6 @@ class SqlPlugin(TaskPlugin):
             os.unlink(job_file)  # no runner will read it: the password goes now
             raise
         return {"statements": len(statements), "runner_pid": pid}
-
-    output_file = "responses.jsonl"
-
-    def read_output(self, ctx: TaskContext, cursor: str, complete: bool):
-        log = ResponseLog(os.path.join(ctx.workdir, self.output_file))
-        responses, next_cursor = log.read(cursor, ctx.max_bytes)
-        return responses, next_cursor, log.more
 
     def get(self, ctx: TaskContext, meta: Dict[str, Any], cursor: str) -> TaskState:
         # Status first: once it is terminal, every response is already on disk.

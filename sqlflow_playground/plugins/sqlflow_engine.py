@@ -34,7 +34,7 @@ from ..proto import convert
 from ..proto import sqlflow_pb2 as pb
 from ..proto import sqlflow_pb2_grpc as pb_grpc
 from .base import CANCELLED, FAILED, RUNNING, SUCCEEDED, TaskContext, TaskPlugin, TaskState
-from .output import OutputLimitExceeded, ResponseLog, ResponseWriter
+from .output import OutputLimitExceeded, ResponseLogOutput, ResponseWriter
 from .sql_runner import cap_message, read_status, write_status
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class _Stream:
             self.stop.wait(self.plugin.FETCH_INTERVAL_S)
 
 
-class SqlflowPlugin(TaskPlugin):
+class SqlflowPlugin(ResponseLogOutput, TaskPlugin):
     task_type = "sqlflow"
     version = "v1"
     description = ("Run SQLFlow statements (TO TRAIN, TO PREDICT, TO EXPLAIN, TO EVALUATE, "
@@ -177,7 +177,6 @@ class SqlflowPlugin(TaskPlugin):
                    "additionalProperties": False}
     needs_database = True
     runs_locally = True
-    output_file = "responses.jsonl"
     FETCH_INTERVAL_S = 2.0  # between Fetch polls in workflow mode, as the client's
     FETCH_TIMEOUT_S = 600.0  # for one Fetch
 
@@ -211,11 +210,6 @@ class SqlflowPlugin(TaskPlugin):
         log.info("sqlflow job %s… of %s forwarded to %s", ctx.token[:8], ctx.user_id,
                  self.server)
         return {"server": self.server}
-
-    def read_output(self, ctx: TaskContext, cursor: str, complete: bool):
-        log_ = ResponseLog(os.path.join(ctx.workdir, self.output_file))
-        responses, next_cursor = log_.read(cursor, ctx.max_bytes)
-        return responses, next_cursor, log_.more
 
     def get(self, ctx: TaskContext, meta: Dict[str, Any], cursor: str) -> TaskState:
         # Status first: once it is terminal, every response is already on disk.
