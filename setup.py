@@ -48,7 +48,7 @@ setup(
             # installs them)
             "selenium>=4.10",
         ],
-        "bench": ["uvloop>=0.17"],
+        "bench": ["uvloop>=0.17", "fastapi>=0.100", "uvicorn[standard]>=0.23"],
         "notebook": ["ipython>=8"],
     },
     entry_points={
