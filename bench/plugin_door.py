@@ -217,6 +217,21 @@ def row(round_no: int, name: str, r: Result) -> str:
             f"{r.client_core_share:>8.0%} {r.other_core_share:>6.0%} {r.errors:>6}")
 
 
+async def run_profile(args: argparse.Namespace, ours: _servers.ServerProcess,
+                      keys: _servers.KeyStore, profile_path: Path) -> None:
+    ctx = _load.client_context(keys.ca, keys.crt("bench"), keys.key("bench"))
+    poll = f"/plugins/v1/hello/v1/{await create_hello(ours.port, ctx, 'POST')}"
+    result = await window(ours, ctx, poll, args)
+    print(HEADER)
+    print(row(1, "poll", result) + "  UNDER cProfile")
+    ours.stop()
+    import pstats
+    stats = pstats.Stats(str(profile_path))
+    print("cProfile inflates call-heavy code: compare shares, not times.")
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats("sqlflow_playground|tornado/web.py", 30)
+
+
 async def run_all(args: argparse.Namespace, ours: _servers.ServerProcess,
                   fast: _servers.ServerProcess, keys: _servers.KeyStore) -> None:
     ctx = _load.client_context(keys.ca, keys.crt("bench"), keys.key("bench"))
@@ -274,6 +289,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="--seconds 2 --warmup 0.5 --rounds 1")
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--no_pin", action="store_true")
+    p.add_argument("--profile", action="store_true",
+                   help="only poll ours under cProfile (IOLoop and executor threads) and "
+                        "print its top costs")
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.rounds = 2.0, 0.5, 1
@@ -294,10 +312,16 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="sqlflow-bench-") as tmp:
         keys = _servers.KeyStore(Path(tmp) / "key_store")
-        ours = _servers.ServerProcess("ours", keys, Path(tmp), server_core)
+        profile = Path(tmp) / "ours.prof" if args.profile else None
+        # --grpc_port 0: no gRPC door, so no clash over its fixed port with other runs
+        ours = _servers.ServerProcess("ours", keys, Path(tmp), server_core, profile_to=profile,
+                                      extra_args=["--grpc_port", "0"])
         fast = ScriptServer(Path(__file__).resolve(), "fastapi", keys, Path(tmp), server_core)
         try:
             ours.start()
+            if profile is not None:
+                run_loop(run_profile(args, ours, keys, profile))
+                return 0
             fast.start()
             run_loop(run_all(args, ours, fast, keys))
         finally:

@@ -39,6 +39,12 @@ MAX_WAIT_S = 30.0
 POLL_INTERVAL_S = 0.05  # how often waiting fetches look at their jobs (all in one go)
 ORPHAN_GRACE_S = 60.0  # see _remove_orphan_dirs
 ENDED_CACHE_SIZE = 4096  # finished jobs whose end is known: see _remembered_end
+# Rows of unfinished jobs that any replica answers for (plugins that do not run locally),
+# read from the store at most this long ago: a poll uses the row as it is, with no store
+# read. A change made through this replica replaces the row at once; a change made through
+# another replica (a cancel) is seen here at most ROW_CACHE_S later. See _cached_row.
+ROW_CACHE_S = 1.0
+ROW_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,12 @@ class JobService:
         # token -> row of the unfinished jobs running in this process: no other replica
         # writes their rows (see _require_here), so the copy here is as good as the store's.
         self._running_here: Dict[str, Dict[str, Any]] = {}
+        # token -> (row, when read) of unfinished jobs of plugins that do not run locally:
+        # see ROW_CACHE_S and _cached_row. ``row_clock`` times them (tests replace it).
+        self._rows: Dict[str, Tuple[Dict[str, Any], float]] = {}
+        self.row_clock: Callable[[], float] = time.monotonic
+        self._jobs_root: Tuple[Optional[str], str] = (None, "")  # see _workdir
+        self._async_get: Dict[int, Tuple[Any, bool]] = {}  # see _is_async_get
         # user -> {token: bytes on disk} of their ended jobs: see _output_bytes
         self._ended_bytes: Dict[str, Dict[str, int]] = {}
         # token -> bytes shipped to the store, of the jobs this replica runs whose output
@@ -578,11 +590,19 @@ class JobService:
             return Probe(self._remote_probe(job, plugin, cursor, max_bytes), True)
         self._require_here(plugin, job)
         ctx = self._context(job, max_bytes=max_bytes)
-        if inspect.iscoroutinefunction(plugin.get):
+        if self._is_async_get(plugin):
             get = _page_async(self.runner, plugin.get) if max_bytes > 0 else plugin.get
             return Probe(functools.partial(get, ctx, job["meta"], cursor), False)
         get = functools.partial(_page, plugin.get) if max_bytes > 0 else plugin.get
         return Probe(functools.partial(get, ctx, job["meta"], cursor), True)
+
+    def _is_async_get(self, plugin) -> bool:
+        """``inspect.iscoroutinefunction(plugin.get)``, asked once per plugin (a poll asks)."""
+        known = self._async_get.get(id(plugin))
+        if known is None or known[0] is not plugin:
+            known = self._async_get[id(plugin)] = (plugin,
+                                                   inspect.iscoroutinefunction(plugin.get))
+        return known[1]
 
     def _remote_probe(self, job: Dict[str, Any], plugin, cursor: str,
                       max_bytes: int) -> Callable[[], TaskState]:
@@ -631,9 +651,10 @@ class JobService:
         return job, probe, probe.fn() if probe is not None and probe.blocking else None
 
     async def _look(self, viewer: Identity, token: str, cursor: str, max_bytes: int):
-        """(row, probe, what the plugin saw): the row from memory for a job running here,
-        else from the store together with a blocking plugin's answer (see _load)."""
-        job = self._running_here.get(token)
+        """(row, probe, what the plugin saw): the row from memory for a job running here
+        or recently read (see _cached_row), else from the store together with a blocking
+        plugin's answer (see _load)."""
+        job = self._running_here.get(token) or self._cached_row(token)
         if job is not None:
             self._check_visible(viewer, job)
             probe = self._probe(job, cursor, max_bytes)
@@ -643,6 +664,24 @@ class JobService:
         if probe is not None and not probe.blocking:
             seen = await probe.fn()
         return job, probe, seen
+
+    def _cached_row(self, token: str) -> Optional[Dict[str, Any]]:
+        """The row of an unfinished job any replica answers for, if read from the store (or
+        written by this replica) less than ROW_CACHE_S ago; else None (and forgotten).
+
+        What the plugin says is still asked at every poll (its job changes by itself, and
+        a change it reports is recorded as before: a conditional update, so a row another
+        replica ended is read again then). What this saves is the store read, and with an
+        async plugin the executor trip. What it may hide for at most ROW_CACHE_S is a
+        verdict another replica wrote to the store without the plugin noticing: a cancel.
+        """
+        entry = self._rows.get(token)
+        if entry is None:
+            return None
+        if self.row_clock() - entry[1] >= ROW_CACHE_S:
+            del self._rows[token]
+            return None
+        return entry[0]
 
     async def _ask(self, probe: Optional["Probe"]) -> Optional[TaskState]:
         if probe is None:
@@ -661,9 +700,10 @@ class JobService:
         from_store = getattr(seen, "from_store", None)
         if from_store is not None:  # another replica's job: the store is the truth
             return from_store, seen
-        state = TaskState(**vars(seen))
+        state = seen
         if is_terminal(job["status"]):
             # The service's verdict (cancelled, failed at restart) stands; output still flows.
+            state = TaskState(**vars(seen))  # a copy: the plugin's object stays as it said
             state.status, state.message = job["status"], job["message"]
             state.outputs = job["outputs"] or state.outputs
         elif state.status != job["status"] or state.message != job["message"]:
@@ -701,6 +741,7 @@ class JobService:
         return self.clock() - summary["finished_at"] < self.settings.job_ttl_s
 
     async def _record(self, job: Dict[str, Any], state: TaskState) -> Dict[str, Any]:
+        self._rows.pop(job["token"], None)  # whatever happens below, ask the store next
         values: Dict[str, Any] = {"status": state.status, "message": state.message}
         if is_terminal(state.status):
             values.update(finished_at=self.clock(), outputs=state.outputs)
@@ -766,6 +807,7 @@ class JobService:
         several replicas reaping at once exactly one stops the work. A user's cancel stops
         the work first, so that a failure to stop it is the user's error to see.
         """
+        self._rows.pop(job["token"], None)
         if is_terminal(job["status"]):
             return job
         plugin = self.registry.get(job["task_type"], job["version"])
@@ -800,18 +842,28 @@ class JobService:
         return job
 
     def _keep(self, job: Optional[Dict[str, Any]]) -> None:
-        """Remember the row of an unfinished job running here; forget any other."""
+        """Remember the row of an unfinished job running here, or (for ROW_CACHE_S) of an
+        unfinished job any replica answers for; forget any other. ``job`` is the row as
+        the store has it now: just read, or just written."""
         if job is None:
             return
+        token = job["token"]
+        self._rows.pop(token, None)
         try:
             local = self.registry.get(job["task_type"], job["version"]).runs_locally
         except NotFound:
-            local = False
-        if local and job["replica"] == self.settings.replica and job["meta"] is not None \
-                and not is_terminal(job["status"]):
-            self._running_here[job["token"]] = job
+            self._running_here.pop(token, None)
+            return
+        if job["meta"] is None or is_terminal(job["status"]):
+            self._running_here.pop(token, None)
+        elif not local:
+            self._rows[token] = (job, self.row_clock())
+            if len(self._rows) > ROW_CACHE_SIZE:
+                del self._rows[next(iter(self._rows))]  # the one read longest ago
+        elif job["replica"] == self.settings.replica:
+            self._running_here[token] = job
         else:
-            self._running_here.pop(job["token"], None)
+            self._running_here.pop(token, None)
 
     def _ships_here(self, job: Dict[str, Any]) -> bool:
         """Whether this replica runs ``job`` and ships its output (not all shipped yet)."""
@@ -838,6 +890,7 @@ class JobService:
 
     async def _purge(self, job: Dict[str, Any]) -> None:
         self._ended.pop(job["token"], None)
+        self._rows.pop(job["token"], None)
         await self.runner.run(self.store.delete_job, job["token"])
         await self.runner.run(shutil.rmtree, self._workdir(job["token"]), True)
         forget_mirror(job["token"])
@@ -868,7 +921,11 @@ class JobService:
         return removed
 
     def _workdir(self, token: str) -> str:
-        return os.path.join(os.path.abspath(self.settings.state_dir), "jobs", token)
+        state_dir, root = self._jobs_root
+        if state_dir != self.settings.state_dir:  # first call, or settings replaced
+            root = os.path.join(os.path.abspath(self.settings.state_dir), "jobs")
+            self._jobs_root = (self.settings.state_dir, root)
+        return os.path.join(root, token)
 
     def _context(self, job: Dict[str, Any], data_source: Optional[str] = None,
                  max_bytes: int = 0) -> TaskContext:
