@@ -239,6 +239,20 @@ class Result:
         return max(0.0, other / self.wall_s) if self.wall_s else 0.0
 
 
+def combine(parts: List[Result]) -> Result:
+    """Several windows of one server as one: their requests, time and CPU added up."""
+    first = parts[0]
+    return Result(requests=sum(p.requests for p in parts), errors=sum(p.errors for p in parts),
+                  wall_s=sum(p.wall_s for p in parts),
+                  latencies_ms=[ms for p in parts for ms in p.latencies_ms],
+                  server_cpu_s=sum(p.server_cpu_s for p in parts),
+                  client_cpu_s=sum(p.client_cpu_s for p in parts),
+                  cores_busy_s=sum(p.cores_busy_s for p in parts),
+                  first_error=next((p.first_error for p in parts if p.first_error), ""),
+                  workload_cpu_s=sum(p.workload_cpu_s for p in parts)) if len(parts) > 1 \
+        else first
+
+
 async def stop_workers(run, tasks, timeout_s: float) -> None:
     """Ask the workers to stop, cancel those that do not, and count the ones that died
     (even outside the measured window: a worker that died is news)."""

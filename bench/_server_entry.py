@@ -1,6 +1,6 @@
 """Child-process entry of the benchmark: runs ONE server and prints ``READY <port>``.
 
-    python bench/_server_entry.py {ours,bare,slow,jobs} --ca_crt C --server_crt S --server_key K
+    python bench/_server_entry.py {ours,bare,original,slow,jobs} --ca_crt C --server_crt S --server_key K
                                   --state_dir DIR [--slow_s 5] [--grpc_port N]
 
 ours  the real gateway: ``Config(...)`` served by ``sqlflow_playground.cli.serve``.
@@ -8,14 +8,18 @@ jobs  the real gateway with the ``process`` task type enabled, quotas of 2000 jo
       user and in all) and a fetch timeout of a day (bench/fetch.py).
 bare  the floor: a Tornado app with one constant-JSON handler, same TLS context and
       HTTPServer settings as the gateway.
+original  the original playground server's shape: the same constant-JSON handler on a
+      plain Tornado HTTPServer, with the TLS context the original server built
+      (``ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)``, ``load_cert_chain``,
+      ``load_verify_locations``, ``verify_mode = CERT_REQUIRED``, nothing else).
 slow  the real gateway, but its sqlite provisioner sleeps ``--slow_s`` in the blocking
       ``_create`` (which runs in the gateway's executor, as in production).
 
 ``--grpc_port`` sets the gateway's gRPC door port (0: off); without it, the Config default
 (bench/grpc_fetch.py passes it; the other benchmarks leave it unset).
 
-All of them listen on an ephemeral port of 127.0.0.1, log at WARNING (so Tornado's access
-log is discarded alike in all of them) and stop on SIGTERM/SIGINT. With BENCH_PROFILE=PATH
+All of them listen on an ephemeral port of 127.0.0.1 and log at WARNING (Tornado's
+access log is discarded alike in all of them), except ``ours``' own access log, at INFO and stop on SIGTERM/SIGINT. With BENCH_PROFILE=PATH
 in the environment, the IOLoop thread is run under cProfile and its stats dumped to PATH.
 SIGUSR1 writes every thread's stack to stderr (the benchmark sends it when a server hangs).
 """
@@ -25,9 +29,11 @@ import concurrent.futures.thread
 import cProfile
 import faulthandler
 import json
+import logging
 import os
 import pstats
 import signal
+import ssl
 import sys
 import time
 from typing import Any, List
@@ -73,6 +79,9 @@ def gateway_config(args: argparse.Namespace) -> Config:
 
 
 async def run_ours(args: argparse.Namespace) -> None:
+    # As deployed: the access log at INFO (its JSON lines go to this server's log file),
+    # the rest at WARNING like the other servers.
+    logging.getLogger(cli.ACCESS_LOGGER).setLevel(logging.INFO)
     await cli.serve(gateway_config(args), on_started=lambda gateway: announce(gateway.port))
 
 
@@ -138,7 +147,29 @@ async def run_bare(args: argparse.Namespace) -> None:
         await http.close_all_connections()
 
 
-RUNNERS = {"ours": run_ours, "bare": run_bare, "slow": run_slow, "jobs": run_jobs}
+def original_context(args: argparse.Namespace) -> ssl.SSLContext:
+    """The original server's context, exactly: nothing but these four steps."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.server_crt, args.server_key)
+    context.load_verify_locations(args.ca_crt)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+async def run_original(args: argparse.Namespace) -> None:
+    app = tornado.web.Application([(r"/api/heart_beat", BareHeartBeat)])
+    http = HTTPServer(app, ssl_options=original_context(args))
+    sockets = tornado.netutil.bind_sockets(0, HOST)
+    http.add_sockets(sockets)
+    announce(sockets[0].getsockname()[1])
+    try:
+        await until_signalled()
+    finally:
+        http.stop()
+        await http.close_all_connections()
+
+
+RUNNERS = {"ours": run_ours, "bare": run_bare, "original": run_original, "slow": run_slow, "jobs": run_jobs}
 
 
 def main() -> None:
@@ -155,14 +186,17 @@ def main() -> None:
     os.makedirs(args.state_dir, exist_ok=True)
     run = RUNNERS[args.kind](args)
     profile_path = os.environ.get("BENCH_PROFILE")
+    # ours, jobs and slow run on the gateway's own choice (--event_loop, default auto:
+    # uvloop when installed); bare and original on asyncio's loop, as Tornado defaults.
+    event_loop = Config.event_loop if args.kind in ("ours", "jobs", "slow") else "asyncio"
     if not profile_path:
-        asyncio.run(run)
+        cli.run(run, event_loop)
         return
     thread_profiles = profile_executor_threads()
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        asyncio.run(run)
+        cli.run(run, event_loop)
     finally:
         profiler.disable()
         stats = pstats.Stats(profiler)
