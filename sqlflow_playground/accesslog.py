@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import re
-from typing import Any
+from typing import Any, Dict
 
 access_log = logging.getLogger("sqlflow_playground.access")
 
@@ -29,6 +29,21 @@ def request_id_for(headers: Any) -> str:
     return f"{random.getrandbits(64):016x}"  # an id, not a secret: no syscall per request
 
 
+class AccessLine:
+    """The message of an access line: its fields, and ``str()`` of it (what a record's
+    ``getMessage()`` returns) is their JSON object. The process's formatters (cli.py)
+    take ``fields`` as they are, rather than encoding them to JSON only to parse it back,
+    and no JSON is made at all for a handler that does not format the record."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: Dict[str, Any]):
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return json.dumps(self.fields)
+
+
 def log_request(handler: Any) -> None:
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
@@ -38,7 +53,9 @@ def log_request(handler: Any) -> None:
         return
     request = handler.request
     identity = getattr(handler, "identity", None)
-    access_log.log(level, json.dumps({
+    # makeRecord + handle is what Logger.log does, minus finding the caller's source line
+    # (a walk up the stack per request; no access line shows it).
+    access_log.handle(access_log.makeRecord(access_log.name, level, __file__, 0, AccessLine({
         "request_id": getattr(handler, "request_id", None),
         "identity": getattr(identity, "name", None),
         "method": request.method,
@@ -47,4 +64,4 @@ def log_request(handler: Any) -> None:
         "status": status,
         "duration_ms": round(request.request_time() * 1000, 3),
         "remote_ip": request.remote_ip,
-    }))
+    }), None, None))

@@ -13,8 +13,9 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .accesslog import AccessLine
 from .config import Config, ConfigError, effective_settings, load_config
 from .errors import PlaygroundError
 from .server import Gateway
@@ -32,18 +33,35 @@ _SECRET_PARAM = re.compile(r"((?:secret|password)=)[^&\s\"']+")
 
 
 def redact(text: str) -> str:
-    return _SECRET_PARAM.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+    # The substring tests are what each pattern needs to match at all: most lines (an
+    # access line per request) have neither and skip both regular expressions.
+    if "://" in text:
+        text = _URL_PASSWORD.sub(r"\1***@", text)
+    if "secret=" in text or "password=" in text:
+        text = _SECRET_PARAM.sub(r"\1***", text)
+    return text
+
+
+_last_second: Tuple[int, str] = (-1, "")  # a second and its "%Y-%m-%dT%H:%M:%S."
 
 
 def _iso(created: float) -> str:
-    stamp = datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    global _last_second
+    second = int(created)
+    cached, prefix = _last_second  # one tuple: threads see a pair, never half of one
+    if cached != second:  # one strftime per second, not per line
+        prefix = datetime.datetime.fromtimestamp(second, datetime.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S.")
+        _last_second = (second, prefix)
+    return f"{prefix}{min(999, round((created - second) * 1e6) // 1000):03d}Z"
 
 
 def _access_fields(record: logging.LogRecord) -> Optional[Dict[str, Any]]:
     """The fields of an access line (its message is a JSON object), else None."""
     if record.name != ACCESS_LOGGER:
         return None
+    if isinstance(record.msg, AccessLine) and not record.args:
+        return dict(record.msg.fields)  # a copy: the text format pops from it
     message = record.getMessage()
     if not message.startswith("{"):
         return None
@@ -113,11 +131,48 @@ def log_settings(config: Config) -> None:
                     "json_msg": "effective configuration"})
 
 
+def loop_factory(choice: str) -> Optional[Callable[[], asyncio.AbstractEventLoop]]:
+    """The event loop ``--event_loop`` asks for: uvloop's factory, or None (asyncio's).
+
+    ``auto`` takes uvloop when it is installed (``pip install uvloop``, or the ``bench``
+    extra); ``uvloop`` without it installed is a configuration error."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("event_loop uvloop: uvloop is not installed "
+                              "(pip install uvloop)") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run(main: Any, event_loop: str = "auto") -> Any:
+    """``asyncio.run(main)`` on the event loop ``--event_loop`` chose."""
+    factory = loop_factory(event_loop)
+    if factory is None:
+        return asyncio.run(main)
+    if not hasattr(asyncio, "Runner"):  # Python < 3.11
+        loop = factory()
+        try:
+            asyncio.set_event_loop(loop)
+            return loop.run_until_complete(main)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
 async def serve(config: Config, on_started: Optional[Callable[[Gateway], None]] = None) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP re-reads certificates and the CRL."""
     os.umask(0o077)  # whatever this process or its jobs write is for this user only
     gateway = Gateway(config)
     await gateway.start()
+    loop_class = type(asyncio.get_running_loop())
+    log.info("event loop: %s.%s", loop_class.__module__, loop_class.__qualname__)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
@@ -210,7 +265,7 @@ def demo(argv: Sequence[str]) -> None:
               + shlex.quote(str(key_store)) + " " + shlex.quote(find_gen_cert()) + " NAME\n",
               flush=True)
 
-    asyncio.run(serve(config, on_started=announce))
+    run(serve(config, on_started=announce), config.event_loop)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -226,7 +281,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         config = load_config(argv)
         setup_logging(config.log_level, config.log_format)
         log_settings(config)
-        asyncio.run(serve(config))
+        run(serve(config), config.event_loop)
     except ConfigError as e:
         print(f"sqlflow_playground: {e}", file=sys.stderr)
         sys.exit(2)

@@ -109,6 +109,14 @@ class Config:
     max_connections: int = _opt(
         10000, "open client connections at most; beyond it new ones are closed at once")
     executor_threads: int = _opt(16, "threads for blocking work (database drivers)")
+    event_loop: str = _opt(
+        "auto", "the asyncio event loop: uvloop (faster per request and per connection; "
+        "pip install uvloop), asyncio (the standard one), or auto (uvloop when installed)",
+        choices=("auto", "asyncio", "uvloop"))
+    tls_session_tickets: int = _opt(
+        1, "TLS 1.3 session tickets sent per full handshake, for clients that resume "
+        "sessions (a resumed handshake skips certificate signing and verifying; the "
+        "identity is the certificate of the full handshake); 0: no resumption")
     log_level: str = _opt("info", "logging level", choices=("debug", "info", "warning", "error"))
     log_format: str = _opt(
         "json", "log lines on stderr: json (one object per line: ts, level, logger, the "

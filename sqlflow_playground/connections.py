@@ -246,12 +246,33 @@ class _SSLStream(_Answers431, SSLIOStream):
             _QuietHandshakes.local.quiet = False
 
 
-def _remember_client_cert(conn: Any, direction: str, version: Any, content_type: Any,
-                          msg_type: Any, data: bytes) -> None:
-    """An SSLContext message callback: keeps the client's Certificate message (the first
-    certificate of it) on its socket, so a refused handshake can name the subject."""
-    if direction == "read" and msg_type == ssl._TLSMessageType.CERTIFICATE:  # noqa: SLF001
-        conn.sfp_client_cert = (data[:16384], version == ssl.TLSVersion.TLSv1_3)
+_HANDSHAKE_RECORD = 22  # TLS content type "handshake"
+_CERTIFICATE_MESSAGE = 11  # TLS handshake message type "certificate"
+_TLS13 = 0x0304
+# The C-level message callback of SSLContext. ``ssl.py``'s own ``_msg_callback`` setter
+# wraps the callback in a function turning every argument into an enum, which costs
+# ~7 Python calls for each of the ~44 messages and record headers of a handshake (and
+# 4 per keep-alive request): a third of a new connection's Python work in a profile.
+_RAW_MSG_CALLBACK = super(ssl.SSLContext, ssl.SSLContext)._msg_callback  # noqa: SLF001
+
+
+def _remember_client_cert(conn: Any, direction: str, version: int, content_type: int,
+                          msg_type: int, data: bytes) -> None:
+    """An SSLContext message callback (raw: plain ints): keeps the client's Certificate
+    message (the first certificate of it) on its socket, so a refused handshake can name
+    the subject."""
+    if msg_type == _CERTIFICATE_MESSAGE and content_type == _HANDSHAKE_RECORD \
+            and direction == "read":
+        conn.sfp_client_cert = (data[:16384], version == _TLS13)
+
+
+_remember_client_cert.user_function = _remember_client_cert  # what ssl.py's getter reads
+
+
+def watch_client_certs(context: ssl.SSLContext) -> None:
+    """Install ``_remember_client_cert`` on a context, once (without ssl.py's wrapper)."""
+    if getattr(context, "_msg_callback", False) is None:
+        _RAW_MSG_CALLBACK.__set__(context, _remember_client_cert)
 
 
 def certificate_subject(message: Optional[bytes], tls13: bool) -> Optional[str]:
@@ -425,8 +446,7 @@ class GatewayHTTPServer(HTTPServer):
             try:
                 if self.ssl_options is not None:
                     context = self.ssl_options
-                    if getattr(context, "_msg_callback", False) is None:  # a new context
-                        context._msg_callback = _remember_client_cert
+                    watch_client_certs(context)  # a new context (after a reload) too
                     conn = ssl_wrap_socket(conn, context, server_side=True,
                                            do_handshake_on_connect=False)
                     stream: IOStream = _SSLStream(conn, max_buffer_size=self.max_buffer_size,

@@ -135,7 +135,8 @@ class Gateway:
         if not self.config.tls_enabled:
             return None
         c = self.config
-        return make_server_context(c.ca_crt, c.server_crt, c.server_key, c.crl)
+        return make_server_context(c.ca_crt, c.server_crt, c.server_key, c.crl,
+                                   session_tickets=c.tls_session_tickets)
 
     async def start(self) -> None:
         await self.provisioner.check()

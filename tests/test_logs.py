@@ -394,3 +394,44 @@ def test_a_long_poll_is_one_line_per_fetch_that_brought_something(jobs_server, f
         empty_wait = wait > 0 and not body["responses"] and not body["eof"]
         assert level[rid] == (logging.DEBUG if empty_wait else logging.INFO), (wait, body)
     assert sum(level[rid] == logging.DEBUG for rid in ids) >= 2  # the two quiet waits
+
+
+def test_an_access_record_made_by_log_request_formats_like_one_from_json_text(caplog):
+    """log_request hands the formatters its fields (AccessLine) rather than JSON text; the
+    lines are the same, and getMessage() still gives the JSON object."""
+    import types
+    from sqlflow_playground.accesslog import AccessLine, log_request
+    req = types.SimpleNamespace(method="GET", path="/api/heart_beat", remote_ip="127.0.0.1",
+                                request_time=lambda: 0.0015)
+    handler = types.SimpleNamespace(get_status=lambda: 200, request=req, route="/api/x",
+                                    identity=types.SimpleNamespace(name="alice"),
+                                    request_id="r1")
+    with caplog.at_level(logging.INFO, logger="sqlflow_playground.access"):
+        log_request(handler)
+    (rec,) = [r for r in caplog.records if r.name == "sqlflow_playground.access"]
+    assert isinstance(rec.msg, AccessLine)
+    fields = json.loads(rec.getMessage())
+    assert set(fields) == FIELDS and fields["identity"] == "alice"
+    as_text = record("sqlflow_playground.access", logging.INFO, json.dumps(fields))
+    as_text.created = rec.created
+    for formatter in (JsonFormatter(), TextFormatter()):
+        assert formatter.format(rec) == formatter.format(as_text)
+    assert rec.msg.fields == fields  # the text format's pops were on a copy
+
+
+def test_redact_skips_only_what_cannot_match():
+    from sqlflow_playground.cli import _SECRET_PARAM, _URL_PASSWORD, redact
+    samples = ["plain line", "mysql://u:pw@h/x", "a=1&password=p&secret=s",
+               "x://:@", "sqlite:////a.db?secret=s", "PASSWORD=p", "http://h/x?y=1"]
+    for text in samples:
+        assert redact(text) == _SECRET_PARAM.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+
+
+def test_timestamps_are_utc_milliseconds_as_datetime_formats_them():
+    import datetime
+    import random
+    from sqlflow_playground.cli import _iso
+    for t in [0.0, 1.9999, 1.0005, 1e9 + 0.9995] + [random.uniform(0, 4e9) for _ in range(2000)]:
+        stamp = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+        assert _iso(t) == stamp.strftime("%Y-%m-%dT%H:%M:%S.") + \
+            f"{stamp.microsecond // 1000:03d}Z", t
