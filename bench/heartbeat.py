@@ -26,7 +26,7 @@ The load generator is this process (pinned to core 1, asyncio on uvloop), presen
       users slow0..slow9, since create_db is single-flight per user); while they are in
       flight, heart_beat latency over keep-alive connections as in (a).
 
-Scenarios (a) and (b) run in ``--rounds`` rounds (default 2), each server once per round
+Scenarios (a) and (b) run in ``--rounds`` rounds (default 4 of 4 s), each server once per round
 in turns; the summary adds each server's rounds up.
 Columns: req/s and latency percentiles as the client sees them; "srv ms/req" is the
 server process's CPU time (utime+stime, all threads, /proc/PID/stat) over the window
@@ -68,13 +68,14 @@ HEART_BEAT = "/api/heart_beat?user_id=bench"
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=10.0,
-                   help="measured window of (a) and (b) per server (default 10)")
-    p.add_argument("--warmup", type=float, default=2.0, help="warm-up before each window (default 2)")
+    p.add_argument("--seconds", type=float, default=4.0,
+                   help="measured window of (a) and (b) per server and round (default 4)")
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up before each window (default 1)")
     p.add_argument("--quick", action="store_true", help="smoke run: --seconds 2 --warmup 0.5")
-    p.add_argument("--rounds", type=int, default=2,
+    p.add_argument("--rounds", type=int, default=4,
                    help="rounds of (a) and (b); each round measures every server once, in "
-                        "turns; the summary adds the rounds up (default 2, --quick 1)")
+                        "turns; the summary adds the rounds up (default 4, --quick 1): short "
+                        "windows in turns meet a machine's changing load alike")
     p.add_argument("--connections", type=int, default=16, help="keep-alive connections, (a) and (c)")
     p.add_argument("--handshake_workers", type=int, default=8, help="concurrent workers in (b)")
     p.add_argument("--slow_calls", type=int, default=10, help="concurrent create_db calls in (c)")
