@@ -11,7 +11,7 @@ from typing import Any, Dict
 
 from ..errors import Unprocessable
 from .base import CANCELLED, FAILED, RUNNING, TaskContext, TaskPlugin, TaskState, is_terminal
-from .output import open_private, read_messages
+from .output import open_private, read_message_page
 from . import process_runner
 from .process_runner import kill_group, write_status
 
@@ -123,8 +123,8 @@ class ProcessPlugin(TaskPlugin):
     output_file = "output.log"
 
     def read_output(self, ctx: TaskContext, cursor: str, complete: bool):
-        return read_messages(os.path.join(ctx.workdir, self.output_file), cursor,
-                             ctx.max_bytes, complete)
+        return read_message_page(os.path.join(ctx.workdir, self.output_file), cursor,
+                                 ctx.max_bytes, complete)
 
     def get(self, ctx: TaskContext, meta: Dict[str, Any], cursor: str) -> TaskState:
         files = _files(ctx)
@@ -133,8 +133,8 @@ class ProcessPlugin(TaskPlugin):
             ended = _read_status(files["status.json"]) or {
                 "status": FAILED, "message": _runner_death(files["runner.err"])}
         status = ended["status"] if ended else RUNNING
-        responses, cursor, more = read_messages(files["output.log"], cursor, ctx.max_bytes,
-                                                complete=is_terminal(status))
+        responses, cursor, more = read_message_page(files["output.log"], cursor,
+                                                    ctx.max_bytes, complete=is_terminal(status))
         return TaskState(
             # Once ended, everything is on disk: "no more" is then the whole truth.
             more=more if ended and ctx.max_bytes > 0 else None,

@@ -1,0 +1,315 @@
+"""Output benchmark: fetch a 1 GiB process-job output page by page over REST, next to
+``cat`` of the same file to /dev/null, watching the server's memory.
+Run:  .venv/bin/python bench/output.py [--quick] [--profile]
+
+One server (the real Gateway, started in a child process by this file's ``serve``:
+``--enable_process_jobs``, ``--max_output_bytes`` and ``--max_output_bytes_per_user``
+raised past the output's size, ``--fetch_page_bytes`` as given, no gRPC door, logging at
+WARNING), pinned to core 0 with ``taskset``; mutual TLS with certificates from
+scripts/gen_cert.sh in a temporary key store; this process (core 1, uvloop) is the client.
+
+1. A ``process`` job writes ``--bytes`` (default 1 GiB) of text lines (``--line_bytes``
+   each, newline included: printable ASCII, a counter in each) to its output.log;
+   the benchmark waits for it to end SUCCEEDED.
+2. ``cat output.log > /dev/null``, timed (the file was just written: page cache, as for
+   the fetch).
+3. ``GET /api/jobs/{token}?since=<next>`` over one keep-alive connection, from "" until
+   ``eof``: every page's head is parsed, the first page's responses are checked against
+   the file's first lines, and the last ``next`` must be the file's size. Meanwhile the
+   server's VmRSS (/proc/PID/status) is sampled every 5 ms; its growth is measured from
+   just before the first fetch.
+4. ``cat`` again (the better of the two cat runs is the one compared).
+
+Targets (PASS/MISS; informational, the exit code is 0 unless something crashed):
+fetch speed >= 0.5 x cat's; server RSS growth <= 2 x fetch_page_bytes.
+"""
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _load  # noqa: E402
+import _servers  # noqa: E402
+from heartbeat import pin_self, run_loop  # noqa: E402
+from plugin_door import ScriptServer, one_request  # noqa: E402
+
+TARGET_SPEED_RATIO = 0.5
+TARGET_RSS_PAGES = 2
+RSS_SAMPLE_S = 0.005
+WRITER = r"""
+import sys
+total, line_bytes = int(sys.argv[1]), int(sys.argv[2])
+out = sys.stdout.buffer
+block, n, written = [], 0, 0
+while written < total:
+    head = b"line %012d " % n
+    size = min(line_bytes, total - written)
+    line = (head + b"abcdefghijklmnopqrstuvwxyz0123456789-" * (line_bytes // 37 + 1))[:size - 1]
+    block.append(line + b"\n")
+    written += size
+    n += 1
+    if len(block) == 4096:
+        out.write(b"".join(block))
+        block = []
+out.write(b"".join(block))
+"""
+
+
+# -- the server (child side) -----------------------------------------------------------------
+
+def serve(argv: Sequence[str]) -> None:
+    """``output.py serve jobs --ca_crt ... --state_dir ... --fetch_page_bytes N
+    --max_output_bytes N``: the gateway, announced as ``READY <port>``."""
+    p = argparse.ArgumentParser()
+    p.add_argument("kind", choices=["jobs"])
+    for flag in ("--ca_crt", "--server_crt", "--server_key", "--state_dir"):
+        p.add_argument(flag, required=True)
+    p.add_argument("--fetch_page_bytes", type=int, required=True)
+    p.add_argument("--max_output_bytes", type=int, required=True)
+    args = p.parse_args(argv)
+    import cProfile
+    import pstats
+
+    from sqlflow_playground import cli
+    from sqlflow_playground.config import Config
+    os.makedirs(args.state_dir, exist_ok=True)
+    config = Config(port=0, host=_load.HOST, ca_crt=args.ca_crt, server_crt=args.server_crt,
+                    server_key=args.server_key, state_dir=args.state_dir,
+                    log_level="warning", grpc_port=0, enable_process_jobs=True,
+                    fetch_page_bytes=args.fetch_page_bytes,
+                    max_output_bytes=args.max_output_bytes,
+                    max_output_bytes_per_user=2 * args.max_output_bytes)
+    cli.setup_logging("warning")
+    run = cli.serve(config, on_started=lambda g: print(f"READY {g.port}", flush=True))
+    profile_path = os.environ.get("BENCH_PROFILE")
+    if not profile_path:
+        asyncio.run(run)
+        return
+    from _server_entry import profile_executor_threads
+    threads = profile_executor_threads()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(run)
+    finally:
+        profiler.disable()
+        stats = pstats.Stats(profiler)
+        for profile in threads:
+            stats.add(profile)
+        stats.dump_stats(profile_path)
+
+
+# -- the client ------------------------------------------------------------------------------
+
+def vm_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class RssSampler:
+    def __init__(self, pid: int):
+        self.pid, self.peak, self.stopping = pid, 0, False
+        self.baseline = vm_rss(pid)
+        self.samples = 0
+
+    async def run(self) -> None:
+        while not self.stopping:
+            self.peak = max(self.peak, vm_rss(self.pid))
+            self.samples += 1
+            await asyncio.sleep(RSS_SAMPLE_S)
+
+
+def user_sys(pid: int) -> Tuple[float, float]:
+    """(user, system) CPU seconds of a process, all its threads (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    return int(fields[11]) / _servers.CLOCK_TICKS, int(fields[12]) / _servers.CLOCK_TICKS
+
+
+def time_cat(path: str) -> float:
+    start = time.perf_counter()
+    with open(os.devnull, "wb") as null:
+        subprocess.run(["cat", path], stdout=null, check=True)
+    return time.perf_counter() - start
+
+
+def head_of(body: bytes) -> dict:
+    """The fetch answer without its responses (they come last: jobs.fetch_body)."""
+    cut = body.index(b',"responses":')
+    return json.loads(body[:cut] + b"}")
+
+
+async def fetch_to_end(port: int, ctx, token: str, first_lines: List[bytes],
+                       sampler: RssSampler) -> Tuple[int, int, int, str]:
+    """(pages, body bytes, last cursor, status) of fetching the job's output to eof."""
+    conn = await _load.connect(port, ctx, _load.BodyConnection)
+    pages = body_bytes = 0
+    cursor, checked = "", False
+    try:
+        while True:
+            status, body = await conn.request(
+                _load.get_request(port, f"/api/jobs/{token}?since={cursor}"))
+            if status != 200:
+                raise RuntimeError(f"fetch answered {status}: {body[:300]!r}")
+            head = head_of(body)
+            pages += 1
+            body_bytes += len(body)
+            if not checked:
+                responses = json.loads(body)["responses"]
+                got = [r["message"].encode() for r in responses[:len(first_lines)]]
+                if got != first_lines[:len(got)] or not got:
+                    raise RuntimeError(f"the first page is not the file's first lines: "
+                                       f"{got[:2]!r} vs {first_lines[:2]!r}")
+                checked = True
+            cursor = head["next"]
+            if head["eof"]:
+                return pages, body_bytes, int(cursor), head["status"]
+    finally:
+        sampler.stopping = True
+        conn.close()
+
+
+async def submit_and_wait(port: int, ctx, args: argparse.Namespace) -> str:
+    body = json.dumps({"task_type": "process", "fetch_timeout_s": 3600, "spec": {
+        "command": [sys.executable, "-c", WRITER, str(args.bytes), str(args.line_bytes)]}})
+    raw = (f"POST /api/jobs HTTP/1.1\r\nHost: {_load.SERVER_NAME}:{port}\r\n"
+           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+           ).encode() + body.encode()
+    status, answer = await one_request(port, ctx, raw)
+    if status != 201:
+        raise RuntimeError(f"submit answered {status}: {answer[:300]!r}")
+    token = json.loads(answer)["token"]
+    start, deadline = time.monotonic(), time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status, answer = await one_request(
+            port, ctx, _load.get_request(port, f"/plugins/v1/process/v1/{token}"))
+        state = json.loads(answer)
+        if state["job_state"] != "RUNNING":
+            if state["job_state"] != "SUCCEEDED":
+                raise RuntimeError(f"the writer job ended {state}")
+            print(f"writer job: {args.bytes:,} bytes written in "
+                  f"{time.monotonic() - start:.1f} s", flush=True)
+            return token
+        await asyncio.sleep(0.2)
+    raise RuntimeError("the writer job did not end in 600 s")
+
+
+async def run_all(args: argparse.Namespace, server: _servers.ServerProcess,
+                  keys: _servers.KeyStore, workdir: Path) -> None:
+    ctx = _load.client_context(keys.ca, keys.crt("bench"), keys.key("bench"))
+    token = await submit_and_wait(server.port, ctx, args)
+    path = str(workdir / "jobs" / "state" / "jobs" / token / "output.log")
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        first_lines = fh.read(1 << 16).split(b"\n")[:-1]
+    cat1 = time_cat(path)
+    print(f"cat 1: {size / cat1 / 1e6:,.0f} MB/s ({cat1:.3f} s)  [load average "
+          f"{os.getloadavg()[0]:.2f}]", flush=True)
+    perf = None
+    if args.perf:  # the fetch alone, sampled by perf (C and kernel frames too)
+        perf = subprocess.Popen(["perf", "record", "-g", "-o", args.perf, "-p",
+                                 str(server.proc.pid)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        await asyncio.sleep(1.0)
+    sampler = RssSampler(server.proc.pid)
+    sampling = asyncio.ensure_future(sampler.run())
+    (user0, sys0), t0 = user_sys(server.proc.pid), time.perf_counter()
+    pages, body_bytes, end, status = await fetch_to_end(server.port, ctx, token, first_lines,
+                                                        sampler)
+    wall = time.perf_counter() - t0
+    user1, sys1 = user_sys(server.proc.pid)
+    user, system = user1 - user0, sys1 - sys0
+    cpu = user + system
+    await sampling
+    if perf is not None:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(30)
+    cat2 = time_cat(path)
+    print(f"cat 2: {size / cat2 / 1e6:,.0f} MB/s ({cat2:.3f} s)", flush=True)
+    if end != size:
+        raise RuntimeError(f"the last cursor {end} is not the file's size {size}")
+    cat = min(cat1, cat2)
+    growth = sampler.peak - sampler.baseline
+    ratio = cat / wall
+    print(f"fetch: {size / wall / 1e6:,.0f} MB/s of output ({wall:.3f} s, {pages} pages, "
+          f"{body_bytes / 1e6:,.0f} MB of JSON, job {status}), server CPU {cpu:.2f} s "
+          f"({cpu / wall:.0%} of a core: user {user:.2f} s, system {system:.2f} s)", flush=True)
+    print(f"server RSS: {sampler.baseline / 2**20:.1f} MiB before, peak "
+          f"{sampler.peak / 2**20:.1f} MiB ({sampler.samples} samples): growth "
+          f"{growth / 2**20:.2f} MiB = {growth / args.fetch_page_bytes:.2f} x "
+          f"fetch_page_bytes ({args.fetch_page_bytes / 2**20:g} MiB)")
+    print("\n== summary " + "=" * 70)
+    print(f"output {size:,} bytes ({args.line_bytes}-byte lines), fetch_page_bytes "
+          f"{args.fetch_page_bytes:,}")
+    print(f"  fetch/cat speed {ratio:.3f} (fetch {size / wall / 1e6:,.0f} MB/s, cat "
+          f"{size / cat / 1e6:,.0f} MB/s; target >= {TARGET_SPEED_RATIO})  "
+          f"{'PASS' if ratio >= TARGET_SPEED_RATIO else 'MISS'}")
+    print(f"  server RSS growth {growth / args.fetch_page_bytes:.2f} x fetch_page_bytes "
+          f"(target <= {TARGET_RSS_PAGES})  "
+          f"{'PASS' if growth <= TARGET_RSS_PAGES * args.fetch_page_bytes else 'MISS'}")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bytes", type=int, default=1 << 30, help="output size (default 1 GiB)")
+    p.add_argument("--line_bytes", type=int, default=100, help="bytes per line, newline incl.")
+    p.add_argument("--fetch_page_bytes", type=int, default=1 << 20,
+                   help="the server's --fetch_page_bytes (default 1 MiB, its default)")
+    p.add_argument("--quick", action="store_true", help="--bytes 64 MiB")
+    p.add_argument("--profile", action="store_true",
+                   help="run the server under cProfile and print the fetch path's costs")
+    p.add_argument("--perf", metavar="PATH",
+                   help="record the server during the fetch with perf record -g into PATH")
+    p.add_argument("--no_pin", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.bytes = 64 << 20
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        serve(argv[1:])
+        return 0
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    server_core, pin_note = pin_self(args)
+    print(f"output bench: {args.bytes:,} bytes; {pin_note}; load average "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="sqlflow-bench-") as tmp:
+        keys = _servers.KeyStore(Path(tmp) / "key_store")
+        profile = Path(tmp) / "jobs.prof" if args.profile else None
+        server = ScriptServer(Path(__file__).resolve(), "jobs", keys, Path(tmp), server_core,
+                              profile_to=profile, extra_args=[
+                                  "--fetch_page_bytes", str(args.fetch_page_bytes),
+                                  "--max_output_bytes", str(args.bytes + (64 << 20))])
+        try:
+            server.start()
+            run_loop(run_all(args, server, keys, Path(tmp)))
+        finally:
+            server.stop()
+        if profile is not None and profile.exists():
+            import pstats
+            stats = pstats.Stats(str(profile))
+            print("cProfile (IOLoop and executor threads; inflates call-heavy code):")
+            stats.sort_stats("tottime").print_stats(20)
+        tail = server.log_tail(5)
+        if tail:
+            print("server logged (last lines):\n    " + tail.replace("\n", "\n    "))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
