@@ -44,6 +44,7 @@ from plugin_door import ScriptServer, one_request  # noqa: E402
 TARGET_SPEED_RATIO = 0.5
 TARGET_RSS_PAGES = 2
 RSS_SAMPLE_S = 0.005
+WARM_PAGES = 32  # the steady state's RSS is measured from after this many pages
 WRITER = r"""
 import sys
 total, line_bytes = int(sys.argv[1]), int(sys.argv[2])
@@ -122,10 +123,18 @@ class RssSampler:
         self.pid, self.peak, self.stopping = pid, 0, False
         self.baseline = vm_rss(pid)
         self.samples = 0
+        self.warm: Optional[int] = None  # VmRSS once WARM_PAGES pages were fetched
+        self.warm_peak = 0  # the peak from then on
+        self.early_peak = 0  # the peak before
 
     async def run(self) -> None:
         while not self.stopping:
-            self.peak = max(self.peak, vm_rss(self.pid))
+            rss = vm_rss(self.pid)
+            self.peak = max(self.peak, rss)
+            if self.warm is not None:
+                self.warm_peak = max(self.warm_peak, rss)
+            else:
+                self.early_peak = max(self.early_peak, rss)
             self.samples += 1
             await asyncio.sleep(RSS_SAMPLE_S)
 
@@ -165,6 +174,8 @@ async def fetch_to_end(port: int, ctx, token: str, first_lines: List[bytes],
             head = head_of(body)
             pages += 1
             body_bytes += len(body)
+            if pages == WARM_PAGES:
+                sampler.warm = vm_rss(sampler.pid)
             if not checked:
                 responses = json.loads(body)["responses"]
                 got = [r["message"].encode() for r in responses[:len(first_lines)]]
@@ -225,9 +236,11 @@ async def run_all(args: argparse.Namespace, server: _servers.ServerProcess,
     sampler = RssSampler(server.proc.pid)
     sampling = asyncio.ensure_future(sampler.run())
     (user0, sys0), t0 = user_sys(server.proc.pid), time.perf_counter()
+    client0 = time.process_time()
     pages, body_bytes, end, status = await fetch_to_end(server.port, ctx, token, first_lines,
                                                         sampler)
     wall = time.perf_counter() - t0
+    client = time.process_time() - client0
     user1, sys1 = user_sys(server.proc.pid)
     user, system = user1 - user0, sys1 - sys0
     cpu = user + system
@@ -244,11 +257,19 @@ async def run_all(args: argparse.Namespace, server: _servers.ServerProcess,
     ratio = cat / wall
     print(f"fetch: {size / wall / 1e6:,.0f} MB/s of output ({wall:.3f} s, {pages} pages, "
           f"{body_bytes / 1e6:,.0f} MB of JSON, job {status}), server CPU {cpu:.2f} s "
-          f"({cpu / wall:.0%} of a core: user {user:.2f} s, system {system:.2f} s)", flush=True)
+          f"({cpu / wall:.0%} of a core: user {user:.2f} s, system {system:.2f} s); client CPU "
+          f"{client:.2f} s ({client / wall:.0%})", flush=True)
     print(f"server RSS: {sampler.baseline / 2**20:.1f} MiB before, peak "
           f"{sampler.peak / 2**20:.1f} MiB ({sampler.samples} samples): growth "
           f"{growth / 2**20:.2f} MiB = {growth / args.fetch_page_bytes:.2f} x "
           f"fetch_page_bytes ({args.fetch_page_bytes / 2**20:g} MiB)")
+    if sampler.warm is not None:
+        steady = sampler.warm_peak - sampler.warm
+        print(f"  of which after the first {WARM_PAGES} pages (steady state): "
+              f"{steady / 2**20:.2f} MiB = {steady / args.fetch_page_bytes:.2f} x "
+              f"fetch_page_bytes; during the first {WARM_PAGES}: peak "
+              f"{(sampler.early_peak - sampler.baseline) / 2**20:+.2f} MiB, after them "
+              f"{(sampler.warm - sampler.baseline) / 2**20:+.2f} MiB")
     print("\n== summary " + "=" * 70)
     print(f"output {size:,} bytes ({args.line_bytes}-byte lines), fetch_page_bytes "
           f"{args.fetch_page_bytes:,}")
@@ -271,6 +292,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="run the server under cProfile and print the fetch path's costs")
     p.add_argument("--perf", metavar="PATH",
                    help="record the server during the fetch with perf record -g into PATH")
+    p.add_argument("--mmap_threshold", type=int, default=0, metavar="BYTES",
+                   help="run the server with MALLOC_MMAP_THRESHOLD_=BYTES (glibc: buffers "
+                        "this large are mapped and unmapped, never kept in a heap)")
     p.add_argument("--no_pin", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -287,7 +311,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server_core, pin_note = pin_self(args)
     print(f"output bench: {args.bytes:,} bytes; {pin_note}; load average "
-          f"{os.getloadavg()[0]:.2f}", flush=True)
+          f"{os.getloadavg()[0]:.2f}"
+          + (f"; server with MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}"
+             if args.mmap_threshold else ""), flush=True)
     with tempfile.TemporaryDirectory(prefix="sqlflow-bench-") as tmp:
         keys = _servers.KeyStore(Path(tmp) / "key_store")
         profile = Path(tmp) / "jobs.prof" if args.profile else None
@@ -295,6 +321,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                               profile_to=profile, extra_args=[
                                   "--fetch_page_bytes", str(args.fetch_page_bytes),
                                   "--max_output_bytes", str(args.bytes + (64 << 20))])
+        if args.mmap_threshold:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)  # (the child's)
         try:
             server.start()
             run_loop(run_all(args, server, keys, Path(tmp)))

@@ -221,9 +221,9 @@ async def run_profile(args: argparse.Namespace, ours: _servers.ServerProcess,
                       keys: _servers.KeyStore, profile_path: Path) -> None:
     ctx = _load.client_context(keys.ca, keys.crt("bench"), keys.key("bench"))
     poll = f"/plugins/v1/hello/v1/{await create_hello(ours.port, ctx, 'POST')}"
-    result = await window(ours, ctx, poll, args)
+    result = await window(ours, ctx, poll if args.profile == "poll" else HEART_BEAT, args)
     print(HEADER)
-    print(row(1, "poll", result) + "  UNDER cProfile")
+    print(row(1, args.profile, result) + "  UNDER cProfile")
     ours.stop()
     import pstats
     stats = pstats.Stats(str(profile_path))
@@ -289,9 +289,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="--seconds 2 --warmup 0.5 --rounds 1")
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--no_pin", action="store_true")
-    p.add_argument("--profile", action="store_true",
-                   help="only poll ours under cProfile (IOLoop and executor threads) and "
-                        "print its top costs")
+    p.add_argument("--profile", nargs="?", const="poll", choices=["poll", "beat"],
+                   help="only poll ours (or heart-beat it) under cProfile (IOLoop and "
+                        "executor threads) and print its top costs")
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.rounds = 2.0, 0.5, 1
