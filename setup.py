@@ -30,6 +30,8 @@ setup(
         "test": [
             "cryptography>=42",
             "grpcio-tools>=1.85.1",  # tests/test_grpc_proto.py regenerates proto/
+            # --event_loop uvloop is tested (tests/test_tls_sessions.py, the gRPC door)
+            "uvloop>=0.17; platform_system != 'Windows'",
             # grpcio-tools pulls setuptools in; pytest-tornado 0.8 imports pkg_resources,
             # which setuptools 81 dropped
             "setuptools<81",

@@ -12,13 +12,19 @@ the client certificate gave (or None); the servicer looks it up by the peer addr
 reports (``peer_identity``). A connection to the gRPC server that did not come through the
 relay has no entry, and is refused.
 
+TLS is the event loop's own (``create_server(ssl=…)``; asyncio's and uvloop's alike:
+uvloop's server-side ``start_tls`` stalls). A context cannot be swapped under a listening
+server, so a reload listens anew on the same port (SO_REUSEPORT) with the new context and
+closes the old listener; open connections keep theirs.
+
 Bounds, as on REST: a TLS handshake longer than ``handshake_timeout_s`` is cut; no more
-than ``max_connections`` at once (more are closed on accept); a connection with no bytes
-either way for ``idle_timeout_s`` is closed (gRPC clients reconnect on their next call).
-Refused handshakes are logged at most once per ``LOG_EVERY_S`` with their reason.
+than ``max_connections`` at once (more are closed once accepted); a connection with no
+bytes either way for ``idle_timeout_s`` is closed (gRPC clients reconnect on their next
+call). Refused connections are logged at most once per ``LOG_EVERY_S``.
 """
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from typing import Callable, Dict, Optional, Tuple
@@ -44,6 +50,8 @@ class _Side(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        if self is self.relay.client:  # the TLS handshake is done: connect onwards
+            self.relay.relay.accepted(self.relay)
 
     def data_received(self, data: bytes) -> None:
         self.relay.last_active = time.monotonic()
@@ -52,8 +60,7 @@ class _Side(asyncio.Protocol):
             if sum(map(len, self.pending)) > MAX_PENDING_BYTES:
                 self.relay.close()
                 return
-            if self.transport is not None:  # (start_tls may deliver before it returns)
-                self.transport.pause_reading()
+            self.transport.pause_reading()
         else:
             self.peer.transport.write(data)
 
@@ -91,7 +98,6 @@ class _Connection:
         self.client.peer, self.server.peer = self.server, self.client
         self.accepted = self.last_active = time.monotonic()
         self.local_port: Optional[int] = None
-        self.ready: Optional[asyncio.Future] = None  # the accepted socket, before TLS
         self.closed = False
 
     def close(self, graceful: bool = False) -> None:
@@ -131,14 +137,54 @@ class TlsRelay:
         self._logged_at = 0.0
 
     async def start(self, host: Optional[str], port: int) -> int:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._accepted, host or None, port)
-        self._sweeper = loop.create_task(self._sweep())
-        return self._server.sockets[0].getsockname()[1]
+        self.host = host or None
+        self._server = await self._listen(self._bind(self.host, port))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        return self.port
+
+    @staticmethod
+    def _bind(host: Optional[str], port: int) -> socket.socket:
+        """A listening socket; SO_REUSEPORT so a reload can listen beside the old one."""
+        family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+            sock.listen(1024)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
+
+    async def _listen(self, sock: socket.socket) -> asyncio.AbstractServer:
+        return await asyncio.get_running_loop().create_server(
+            self._connection, sock=sock, ssl=self.context,
+            ssl_handshake_timeout=self.handshake_timeout_s)
 
     def reload(self) -> None:
-        """New connections use a new context (certificates, CRL); open ones keep theirs."""
-        self.context = self.context_factory()
+        """New connections use a new context (certificates, CRL); open ones keep theirs.
+        The new listener is bound before the old one closes, so no connection attempt
+        finds the port closed (one in the old listener's backlog is reset)."""
+        context = self.context_factory()
+        if self._server is None:
+            self.context = context
+            return
+        sock = self._bind(self.host, self.port)
+        old, self.context = self._server, context
+        old.close()
+        self._server = None
+        task = asyncio.get_running_loop().create_task(self._listen(sock))
+        task.add_done_callback(self._listening)
+
+    def _listening(self, task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is not None:
+            log.error("the gRPC door could not listen again after a reload: %s",
+                      task.exception())
+            return
+        self._server = task.result()
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -159,49 +205,32 @@ class TlsRelay:
 
     # -- per connection ------------------------------------------------------------
 
-    def _accepted(self) -> asyncio.Protocol:
-        connection = _Connection(self)
-        if len(self.connections) >= self.max_connections:
-            connection.closed = True  # connection_made below closes it at once
-            self._refuse("too many connections")
-        else:
-            self.connections.add(connection)
-            asyncio.get_running_loop().create_task(self._open(connection))
-        return _Accepted(connection)
+    def _connection(self) -> asyncio.Protocol:
+        """A new client connection's protocol: its ``connection_made`` comes once the TLS
+        handshake verified a certificate, if one was presented (else it never comes)."""
+        return _Connection(self).client
 
-    async def _open(self, connection: _Connection) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            accepted: "_Accepted" = await connection.ready
-        except asyncio.CancelledError:
+    def accepted(self, connection: _Connection) -> None:
+        if len(self.connections) >= self.max_connections:
+            self._refuse("too many connections")
+            connection.client.transport.abort()
             return
-        try:
-            tls = await loop.start_tls(accepted.transport, connection.client, self.context,
-                                       server_side=True,
-                                       ssl_handshake_timeout=self.handshake_timeout_s)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
-            self._refuse(_reason(e))
-            accepted.transport.abort()
-            connection.close()
-            return
-        if connection.closed or tls is None:
-            if tls is not None:
-                tls.abort()
-            return
-        connection.client.transport = tls
         identity = None
-        cert = tls.get_extra_info("peercert")
+        cert = connection.client.transport.get_extra_info("peercert")
         if cert:
             try:
                 identity = self.identify(cert)
             except PlaygroundError as e:
                 self._refuse(e.message)
-                tls.abort()
-                connection.close()
+                connection.client.transport.abort()
                 return
+        self.connections.add(connection)
+        asyncio.get_running_loop().create_task(self._open(connection, identity))
+
+    async def _open(self, connection: _Connection, identity: Optional[Identity]) -> None:
         try:
-            await loop.create_connection(lambda: connection.server, "127.0.0.1",
-                                         self.target_port)
+            await asyncio.get_running_loop().create_connection(
+                lambda: connection.server, "127.0.0.1", self.target_port)
         except OSError as e:
             log.error("the gRPC door's relay cannot reach its gRPC server: %s", e)
             connection.close()
@@ -211,10 +240,11 @@ class TlsRelay:
             return
         connection.local_port = connection.server.transport.get_extra_info("sockname")[1]
         self.identities[connection.local_port] = identity
-        for data in connection.client.pending:  # what came with the handshake's end
+        for data in connection.client.pending:  # what came before the onward connection
             connection.server.transport.write(data)
         connection.client.pending.clear()
-        tls.resume_reading()
+        if connection.client.transport is not None:
+            connection.client.transport.resume_reading()
 
     async def _sweep(self) -> None:
         while True:
@@ -232,37 +262,3 @@ class TlsRelay:
             counts = ", ".join(f"{n} × {r}" for r, n in self._refused.items())
             log.warning("gRPC door refused connections: %s", counts)
             self._refused.clear()
-
-
-class _Accepted(asyncio.Protocol):
-    """The accepted socket until ``start_tls`` takes it over."""
-
-    def __init__(self, connection: _Connection):
-        self.connection = connection
-        self.transport = None
-        connection.ready = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.pause_reading()  # the ClientHello waits for start_tls, which resumes
-        if self.connection.closed:
-            transport.abort()
-            self.connection.ready.cancel()
-            return
-        self.connection.ready.set_result(self)
-
-    def data_received(self, data: bytes) -> None:  # not before start_tls takes over
-        pass
-
-    def connection_lost(self, exc) -> None:
-        if not self.connection.ready.done():
-            self.connection.ready.cancel()
-        self.connection.close()
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, ssl.SSLError):
-        return f"TLS handshake failed: {e.reason or e}"
-    if isinstance(e, asyncio.TimeoutError):
-        return "TLS handshake timed out"
-    return f"TLS handshake failed: {type(e).__name__}"

@@ -429,3 +429,24 @@ def test_a_client_going_away_leaves_no_warning_and_no_connection(door, caplog):
     noisy = [r.getMessage() for r in caplog.records
              if r.levelname in ("WARNING", "ERROR") and r.name in ("asyncio", "grpc")]
     assert noisy == []
+
+
+def test_the_door_serves_on_uvloop_too(certs, tmp_path):
+    """uvloop's server-side start_tls stalls: the relay must not depend on it."""
+    from conftest import start_server_process, stop_server_process
+    port = free_port()
+    proc, rest_port = start_server_process(certs, tmp_path / "state", "--event_loop=uvloop",
+                                           f"--grpc_port={port}")
+    try:
+        ds = request(rest_port, client_context(certs.dir, "alice"), "POST",
+                     "/api/create_db").body["data_source"]
+        with channel(port, certs.ca) as ch:
+            cell = run_cell(pb_grpc.SQLFlowStub(ch), "SELECT 'uv' AS loop", session(ds), QUICK)
+        key = (certs.dir / "alice" / "alice.key").read_bytes()
+        cert = (certs.dir / "alice" / "alice.crt").read_bytes()
+        with channel(port, certs.ca, key, cert) as ch:  # a certificate names the caller
+            by_cert = run_cell(pb_grpc.SQLFlowStub(ch), "SELECT 2 AS two", session(), QUICK)
+    finally:
+        stop_server_process(proc)
+    assert cell.tables == [(["loop"], [["uv"]])]
+    assert by_cert.tables == [(["two"], [[2]])]

@@ -130,7 +130,7 @@ def test_uvloop_asked_for_but_missing_is_a_config_error(monkeypatch):
 
 
 def test_auto_and_uvloop_run_on_uvloop_when_installed():
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop  # in the test extra
     assert cli.loop_factory("auto") is uvloop.new_event_loop
 
     async def loop_type():
@@ -151,7 +151,6 @@ class UvloopServer(RunningServer):
 
 
 def test_the_gateway_on_uvloop_names_callers_resumes_and_refuses(certs, tmp_path):
-    pytest.importorskip("uvloop")
     server = UvloopServer(Config(
         port=0, host="127.0.0.1", ca_crt=certs.ca, crl=certs.crl,
         server_crt=str(certs.dir / "server" / "server.crt"),
