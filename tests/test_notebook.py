@@ -12,10 +12,11 @@ import sys
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-pytest.importorskip("pandas")
+# All in the test extra: a missing one fails the run, it does not skip.
+import ipykernel  # noqa: F401,E402  (the kernel nbclient starts)
+import nbclient  # noqa: E402
+import nbformat  # noqa: E402
+import pandas  # noqa: F401,E402  (the kernel's .to_dataframe())
 
 from conftest import free_port  # noqa: E402
 

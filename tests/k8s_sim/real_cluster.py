@@ -9,6 +9,7 @@ naming what it needed. Managed objects (label ``app.kubernetes.io/managed-by``) 
 from the namespace before and after each test.
 """
 import json
+import os
 import time
 from typing import Any, Dict, List, Optional
 
@@ -95,10 +96,20 @@ class RealCluster:
         self.api.close()
 
     def __getattr__(self, name: str) -> Any:
-        pytest.skip(f"needs the simulator: sim.{name} is sim-only (fault injection or "
-                    "inspection a real cluster does not offer)")
+        _sim_only(f"sim.{name} is sim-only (fault injection or inspection a real cluster "
+                  "does not offer)")
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in PUBLIC:
-            pytest.skip(f"needs the simulator: setting sim.{name} is sim-only fault injection")
+            _sim_only(f"setting sim.{name} is sim-only fault injection")
         object.__setattr__(self, name, value)
+
+
+def _sim_only(what: str) -> None:
+    """A test the real-cluster tier cannot run: skipped, saying why; under CI=true a
+    failure, so no skip counts as a pass there (CI runs the simulator tier)."""
+    message = f"needs the simulator: {what}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + "; under CI=true run the simulator tier (unset "
+                    "SQLFLOW_PLAYGROUND_TEST_KUBECONFIG)")
+    pytest.skip(message)
