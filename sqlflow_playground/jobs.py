@@ -161,7 +161,7 @@ class JobService:
         # see ROW_CACHE_S and _cached_row. ``row_clock`` times them (tests replace it).
         self._rows: Dict[str, Tuple[Dict[str, Any], float]] = {}
         self.row_clock: Callable[[], float] = time.monotonic
-        self._jobs_root: Tuple[Optional[str], str] = (None, "")  # see _workdir
+        self._jobs_dir = os.path.join(os.path.abspath(settings.state_dir), "jobs")
         self._async_get: Dict[int, Tuple[Any, bool]] = {}  # see _is_async_get
         # user -> {token: bytes on disk} of their ended jobs: see _output_bytes
         self._ended_bytes: Dict[str, Dict[str, int]] = {}
@@ -902,7 +902,7 @@ class JobService:
         that took it, which must then clean up by itself. A directory changed within
         ORPHAN_GRACE_S is left alone: a job being submitted has its directory before its row.
         """
-        root = os.path.join(os.path.abspath(self.settings.state_dir), "jobs")
+        root = self._jobs_dir
         try:
             names = os.listdir(root)
         except FileNotFoundError:
@@ -921,11 +921,7 @@ class JobService:
         return removed
 
     def _workdir(self, token: str) -> str:
-        state_dir, root = self._jobs_root
-        if state_dir != self.settings.state_dir:  # first call, or settings replaced
-            root = os.path.join(os.path.abspath(self.settings.state_dir), "jobs")
-            self._jobs_root = (self.settings.state_dir, root)
-        return os.path.join(root, token)
+        return os.path.join(self._jobs_dir, token)
 
     def _context(self, job: Dict[str, Any], data_source: Optional[str] = None,
                  max_bytes: int = 0) -> TaskContext:

@@ -67,12 +67,12 @@ def data_source_host(data_source: str) -> str:
 
 
 class Activity:
-    """Requests per minute over the last hour, counted by this replica as they finish (the
-    Application's ``log_function`` is wrapped): heart beats and job submissions. A ring of
-    ``CHART_MINUTES`` slots; no thread, no timer."""
+    """Heart beats per minute over the last hour, counted by this replica as requests
+    finish (the Application's ``log_function`` is wrapped); the jobs chart reads the store
+    instead (every replica's jobs). A ring of ``CHART_MINUTES`` slots; no thread, no
+    timer."""
 
-    KINDS = {("/api/heart_beat", "GET"): "heart_beats", ("/api/jobs", "POST"): "submits",
-             ("/ui/action/sql", "POST"): "submits"}
+    KINDS = {("/api/heart_beat", "GET"): "heart_beats"}
 
     def __init__(self, clock=time.time) -> None:
         self.clock = clock
