@@ -64,8 +64,9 @@ def test_the_job_runs_in_a_process_of_its_own_that_is_reaped(sqlite_ctx):
     # Batch work: it makes way for the server (see sql_runner._lower_priority).
     niced = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)  # 10 below the server's
     wait_for(lambda: os.getpriority(os.PRIO_PROCESS, pid) >= niced, 5, "runner niced")
-    if os.path.exists("/proc/self/autogroup"):
-        assert proc_bytes(pid, "autogroup").split()[-1] == b"10"  # "/autogroup-N nice 10"
+    if os.path.exists("/proc/self/autogroup"):  # written just after the nice: wait for it
+        wait_for(lambda: proc_bytes(pid, "autogroup").split()[-1] == b"10", 5,
+                 "runner's autogroup niced")  # "/autogroup-N nice 10"
     assert b"sql_runner.py" in proc_bytes(pid, "cmdline")
     # The server's process does not do the work: the runner's CPU time grows, the
     # server's (this process, idle meanwhile) much less.
