@@ -17,6 +17,8 @@ slow  the real gateway, but its sqlite provisioner sleeps ``--slow_s`` in the bl
 
 ``--grpc_port`` sets the gateway's gRPC door port (0: off); without it, the Config default
 (bench/grpc_fetch.py passes it; the other benchmarks leave it unset).
+``--set NAME=VALUE`` (repeatable) sets any other Config field of ours, jobs and slow, after
+their own settings (bench/connections.py: ``max_connections``); without it, nothing changes.
 
 All of them listen on an ephemeral port of 127.0.0.1 and log at WARNING (Tornado's
 access log is discarded alike in all of them), except ``ours``' own access log, at INFO and stop on SIGTERM/SIGINT. With BENCH_PROFILE=PATH
@@ -78,11 +80,27 @@ def gateway_config(args: argparse.Namespace) -> Config:
     return config
 
 
+def config_overrides(config: Config, settings: List[str]) -> Config:
+    """``config`` with the ``--set NAME=VALUE`` settings applied, each converted to its
+    field's type as a flag would be."""
+    import dataclasses
+    from sqlflow_playground.config import _convert
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    changes = {}
+    for setting in settings:
+        name, _, raw = setting.partition("=")
+        if name not in fields:
+            raise SystemExit(f"--set {setting}: Config has no field {name!r}")
+        changes[name] = _convert(fields[name], raw, "--set")
+    return config.replace(**changes) if changes else config
+
+
 async def run_ours(args: argparse.Namespace) -> None:
     # As deployed: the access log at INFO (its JSON lines go to this server's log file),
     # the rest at WARNING like the other servers.
     logging.getLogger(cli.ACCESS_LOGGER).setLevel(logging.INFO)
-    await cli.serve(gateway_config(args), on_started=lambda gateway: announce(gateway.port))
+    await cli.serve(config_overrides(gateway_config(args), args.set),
+                    on_started=lambda gateway: announce(gateway.port))
 
 
 # -- jobs ------------------------------------------------------------------------
@@ -95,6 +113,7 @@ async def run_jobs(args: argparse.Namespace) -> None:
     config = gateway_config(args).replace(
         enable_process_jobs=True, max_jobs_per_user=JOBS_QUOTA, max_jobs=JOBS_QUOTA,
         fetch_timeout_s=JOBS_FETCH_TIMEOUT_S)
+    config = config_overrides(config, args.set)
     await cli.serve(config, on_started=lambda gateway: announce(gateway.port))
 
 
@@ -111,7 +130,7 @@ class SlowSqliteProvisioner(SqliteProvisioner):
 
 
 async def run_slow(args: argparse.Namespace) -> None:
-    config = gateway_config(args)
+    config = config_overrides(gateway_config(args), args.set)
     SlowSqliteProvisioner.delay_s = args.slow_s
     provisioner = SlowSqliteProvisioner(None, config.state_dir)
     gateway = Gateway(config, provisioner=provisioner)
@@ -180,6 +199,8 @@ def main() -> None:
     parser.add_argument("--slow_s", type=float, default=5.0)
     parser.add_argument("--grpc_port", type=int, default=None,
                         help="the gateway's gRPC door port, 0: off (default: Config's)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="any other Config field of ours, jobs and slow (repeatable)")
     args = parser.parse_args()
     cli.setup_logging(LOG_LEVEL)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks to the log, for hangs
