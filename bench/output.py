@@ -108,14 +108,141 @@ def serve(argv: Sequence[str]) -> None:
         stats.dump_stats(profile_path)
 
 
+def serve_floor(argv: Sequence[str]) -> None:
+    """``output.py floor --ca_crt ... --bytes N --chunk N``: the TLS floor's sender. The
+    gateway's own server context (tls.make_server_context: mutual TLS, the same cipher
+    negotiated), one blocking socket: after the client's "go", ``--bytes`` in
+    ``--chunk`` writes of one buffer; then waits for the client's "bye"."""
+    import socket
+
+    from sqlflow_playground.tls import make_server_context
+    p = argparse.ArgumentParser()
+    for flag in ("--ca_crt", "--server_crt", "--server_key"):
+        p.add_argument(flag, required=True)
+    p.add_argument("--bytes", type=int, required=True)
+    p.add_argument("--chunk", type=int, required=True)
+    args = p.parse_args(argv)
+    ctx = make_server_context(args.ca_crt, args.server_crt, args.server_key)
+    with socket.create_server((_load.HOST, 0)) as listener:
+        print(f"READY {listener.getsockname()[1]}", flush=True)
+        sock, _ = listener.accept()
+    with ctx.wrap_socket(sock, server_side=True) as tls:
+        tls.recv(2)
+        line = (b"line 000000000000 " + b"abcdefghijklmnopqrstuvwxyz0123456789-" * 3)[:99]
+        data = memoryview((line + b"\n") * (args.chunk // 100 + 1))[:args.chunk]
+        sent = 0
+        while sent < args.bytes:
+            n = min(args.chunk, args.bytes - sent)
+            tls.sendall(data[:n])
+            sent += n
+        tls.recv(3)
+
+
+def tls_client(port: int, ctx):
+    import socket
+    sock = socket.create_connection((_load.HOST, port))
+    return ctx.wrap_socket(sock, server_hostname=_load.SERVER_NAME)
+
+
+def receive(tls, total: int, chunk: int = 1 << 20) -> int:
+    """Blocking: read and discard ``total`` bytes (or to the end); how many came."""
+    buf = memoryview(bytearray(chunk))
+    got = 0
+    while got < total:
+        n = tls.recv_into(buf, min(chunk, total - got))
+        if not n:
+            break
+        got += n
+    return got
+
+
+def tls_floor(keys: _servers.KeyStore, core: Optional[int], total: int, chunk: int, ctx,
+              cores: List[int]) -> dict:
+    """The TLS floor: what Python's ssl moves over loopback, one blocking thread each side
+    (sender on the server's core, this process receiving and discarding on the other)."""
+    cmd = _servers.pin_command(core) + [
+        sys.executable, str(Path(__file__).resolve()), "floor", "--ca_crt", keys.ca,
+        "--server_crt", keys.crt("server"), "--server_key", keys.key("server"),
+        "--bytes", str(total), "--chunk", str(chunk)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        with tls_client(port, ctx) as tls:
+            cipher = tls.cipher()
+            (u0, s0), busy0, c0 = user_sys(proc.pid), _servers.busy_seconds(cores), \
+                time.process_time()
+            start = time.perf_counter()
+            tls.sendall(b"go")
+            got = receive(tls, total)
+            wall = time.perf_counter() - start
+            (u1, s1), busy1 = user_sys(proc.pid), _servers.busy_seconds(cores)
+            client = time.process_time() - c0
+            tls.sendall(b"bye")
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if got != total:
+        raise RuntimeError(f"the TLS floor moved {got} of {total} bytes")
+    server = u1 - u0 + s1 - s0
+    return {"wall": wall, "cipher": cipher, "server_cpu": server, "client_cpu": client,
+            "other": busy1 - busy0 - server - client}
+
+
+def download_raw(port: int, ctx, token: str, total: int) -> Tuple[float, int]:
+    """Blocking: ``GET /api/jobs/{token}/output`` over one mutual-TLS connection, the body
+    read and discarded; (seconds, body bytes). The head is checked (200, Content-Length)."""
+    with tls_client(port, ctx) as tls:
+        start = time.perf_counter()
+        tls.sendall(_load.get_request(port, f"/api/jobs/{token}/output"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            more = tls.recv(65536)
+            if not more:
+                raise RuntimeError(f"the download closed early: {head[:300]!r}")
+            head += more
+        head, rest = head.split(b"\r\n\r\n", 1)
+        if not head.startswith(b"HTTP/1.1 200") \
+                or f"content-length: {total}".encode() not in head.lower():
+            raise RuntimeError(f"the download answered {head[:300]!r}")
+        got = len(rest) + receive(tls, total - len(rest))
+        return time.perf_counter() - start, got
+
+
 # -- the client ------------------------------------------------------------------------------
 
-def vm_rss(pid: int) -> int:
+def vm_rss(pid: int, field: str = "VmRSS") -> int:
+    """A process's VmRSS (or ``field``, e.g. VmHWM: the peak RSS) in bytes."""
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset the process's VmHWM to its current RSS (Linux >= 4.0, /proc/PID/clear_refs
+    "5"); False if not allowed (then only the sampled peak is known)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+async def wait_quiet(pid: int, window_s: float = 0.5, limit_s: float = 300.0) -> float:
+    """Wait until the server used under 5% of a core for ``window_s`` (it ships a job's
+    output to the store after the job ends: that must not count as the fetch's time or
+    memory); the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        before = sum(user_sys(pid))
+        await asyncio.sleep(window_s)
+        if sum(user_sys(pid)) - before < 0.05 * window_s:
+            break
+    return time.monotonic() - start
 
 
 class RssSampler:
@@ -216,69 +343,130 @@ async def submit_and_wait(port: int, ctx, args: argparse.Namespace) -> str:
     raise RuntimeError("the writer job did not end in 600 s")
 
 
+async def measure_rss(pid: int, work) -> Tuple[object, dict]:
+    """Run ``work`` (a coroutine function taking the sampler) with the server's RSS
+    watched: the baseline just before, the peak sampled every RSS_SAMPLE_S and, where
+    /proc/PID/clear_refs allows resetting it, the kernel's own peak (VmHWM) since then."""
+    sampler = RssSampler(pid)
+    exact = reset_peak(pid)
+    sampling = asyncio.ensure_future(sampler.run())
+    try:
+        result = await work(sampler)
+    finally:
+        sampler.stopping = True
+        await sampling
+    hwm = vm_rss(pid, "VmHWM") if exact else 0
+    peak = max(sampler.peak, hwm)
+    return result, {"baseline": sampler.baseline, "sampled": sampler.peak, "hwm": hwm,
+                    "peak": peak, "growth": peak - sampler.baseline, "samples": sampler.samples,
+                    "warm": sampler.warm, "warm_peak": sampler.warm_peak,
+                    "early_peak": sampler.early_peak}
+
+
+def print_rss(what: str, rss: dict, page: int) -> None:
+    mib = 2 ** 20
+    how = (f"VmHWM {rss['hwm'] / mib:.1f} MiB, sampled {rss['sampled'] / mib:.1f} MiB"
+           if rss["hwm"] else f"sampled only ({rss['samples']} samples)")
+    print(f"  server RSS during {what}: {rss['baseline'] / mib:.1f} MiB before, peak "
+          f"{rss['peak'] / mib:.1f} MiB ({how}): growth {rss['growth'] / mib:.2f} MiB = "
+          f"{rss['growth'] / page:.2f} x fetch_page_bytes", flush=True)
+
+
 async def run_all(args: argparse.Namespace, server: _servers.ServerProcess,
                   keys: _servers.KeyStore, workdir: Path) -> None:
     ctx = _load.client_context(keys.ca, keys.crt("bench"), keys.key("bench"))
+    pid, page = server.proc.pid, args.fetch_page_bytes
     token = await submit_and_wait(server.port, ctx, args)
+    quiet = await wait_quiet(pid)
+    print(f"server quiet {quiet:.1f} s after the job ended (it ships the output to the "
+          f"store); RSS {vm_rss(pid) / 2**20:.1f} MiB", flush=True)
     path = str(workdir / "jobs" / "state" / "jobs" / token / "output.log")
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
         first_lines = fh.read(1 << 16).split(b"\n")[:-1]
     cat1 = time_cat(path)
-    print(f"cat 1: {size / cat1 / 1e6:,.0f} MB/s ({cat1:.3f} s)  [load average "
-          f"{os.getloadavg()[0]:.2f}]", flush=True)
+    print(f"cat 1: {size / cat1 / 1e6:,.0f} MB/s ({cat1:.3f} s)", flush=True)
+
+    floor = await asyncio.to_thread(tls_floor, keys, server.core, size, page, ctx, args.cores)
+    print(f"TLS floor: {size / floor['wall'] / 1e6:,.0f} MB/s ({floor['wall']:.3f} s; "
+          f"{floor['cipher'][1]} {floor['cipher'][0]}; sender CPU {floor['server_cpu']:.2f} s, "
+          f"receiver CPU {floor['client_cpu']:.2f} s; other load on the cores "
+          f"{max(0.0, floor['other']):.2f} s)", flush=True)
+
     perf = None
     if args.perf:  # the fetch alone, sampled by perf (C and kernel frames too)
-        perf = subprocess.Popen(["perf", "record", "-g", "-o", args.perf, "-p",
-                                 str(server.proc.pid)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        perf = subprocess.Popen(["perf", "record", "-g", "-o", args.perf, "-p", str(pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(1.0)
-    sampler = RssSampler(server.proc.pid)
-    sampling = asyncio.ensure_future(sampler.run())
-    (user0, sys0), t0 = user_sys(server.proc.pid), time.perf_counter()
-    client0 = time.process_time()
-    pages, body_bytes, end, status = await fetch_to_end(server.port, ctx, token, first_lines,
-                                                        sampler)
-    wall = time.perf_counter() - t0
-    client = time.process_time() - client0
-    user1, sys1 = user_sys(server.proc.pid)
-    user, system = user1 - user0, sys1 - sys0
-    cpu = user + system
-    await sampling
+
+    async def pages(sampler):
+        (u0, s0), t0, c0 = user_sys(pid), time.perf_counter(), time.process_time()
+        busy0 = _servers.busy_seconds(args.cores)
+        got = await fetch_to_end(server.port, ctx, token, first_lines, sampler)
+        wall = time.perf_counter() - t0
+        (u1, s1), client = user_sys(pid), time.process_time() - c0
+        other = _servers.busy_seconds(args.cores) - busy0 - (u1 - u0 + s1 - s0) - client
+        return got, wall, u1 - u0, s1 - s0, client, other
+    (got, wall, user, system, client, other), rss = await measure_rss(pid, pages)
+    n_pages, body_bytes, end, status = got
     if perf is not None:
         perf.send_signal(signal.SIGINT)
         perf.wait(30)
-    cat2 = time_cat(path)
-    print(f"cat 2: {size / cat2 / 1e6:,.0f} MB/s ({cat2:.3f} s)", flush=True)
     if end != size:
         raise RuntimeError(f"the last cursor {end} is not the file's size {size}")
+    cpu = user + system
+    print(f"fetch (JSON pages): {size / wall / 1e6:,.0f} MB/s of output ({wall:.3f} s, "
+          f"{n_pages} pages, {body_bytes / 1e6:,.0f} MB of JSON, job {status}), server CPU "
+          f"{cpu:.2f} s ({cpu / wall:.0%} of a core: user {user:.2f} s, system {system:.2f} s); "
+          f"client CPU {client:.2f} s ({client / wall:.0%}); other load on the cores "
+          f"{max(0.0, other):.2f} s", flush=True)
+    print_rss("the fetch", rss, page)
+    if rss["warm"] is not None:
+        steady = rss["warm_peak"] - rss["warm"]
+        print(f"    sampled after the first {WARM_PAGES} pages (steady state): "
+              f"{steady / 2**20:.2f} MiB = {steady / page:.2f} x fetch_page_bytes; "
+              f"during the first {WARM_PAGES}: peak "
+              f"{(rss['early_peak'] - rss['baseline']) / 2**20:+.2f} MiB", flush=True)
+
+    async def raw(sampler):
+        (u0, s0), busy0, c0 = user_sys(pid), _servers.busy_seconds(args.cores), \
+            time.process_time()
+        seconds, got = await asyncio.to_thread(download_raw, server.port, ctx, token, size)
+        (u1, s1), client = user_sys(pid), time.process_time() - c0
+        other = _servers.busy_seconds(args.cores) - busy0 - (u1 - u0 + s1 - s0) - client
+        return seconds, got, u1 - u0 + s1 - s0, client, other
+    (raw_wall, raw_got, raw_cpu, raw_client, raw_other), raw_rss = await measure_rss(pid, raw)
+    if raw_got != size:
+        raise RuntimeError(f"the download brought {raw_got} of {size} bytes")
+    print(f"download (GET /api/jobs/{{token}}/output): {size / raw_wall / 1e6:,.0f} MB/s "
+          f"({raw_wall:.3f} s), server CPU {raw_cpu:.2f} s ({raw_cpu / raw_wall:.0%} of a "
+          f"core); client CPU {raw_client:.2f} s; other load on the cores "
+          f"{max(0.0, raw_other):.2f} s", flush=True)
+    print_rss("the download", raw_rss, page)
+
+    cat2 = time_cat(path)
+    print(f"cat 2: {size / cat2 / 1e6:,.0f} MB/s ({cat2:.3f} s)", flush=True)
     cat = min(cat1, cat2)
-    growth = sampler.peak - sampler.baseline
-    ratio = cat / wall
-    print(f"fetch: {size / wall / 1e6:,.0f} MB/s of output ({wall:.3f} s, {pages} pages, "
-          f"{body_bytes / 1e6:,.0f} MB of JSON, job {status}), server CPU {cpu:.2f} s "
-          f"({cpu / wall:.0%} of a core: user {user:.2f} s, system {system:.2f} s); client CPU "
-          f"{client:.2f} s ({client / wall:.0%})", flush=True)
-    print(f"server RSS: {sampler.baseline / 2**20:.1f} MiB before, peak "
-          f"{sampler.peak / 2**20:.1f} MiB ({sampler.samples} samples): growth "
-          f"{growth / 2**20:.2f} MiB = {growth / args.fetch_page_bytes:.2f} x "
-          f"fetch_page_bytes ({args.fetch_page_bytes / 2**20:g} MiB)")
-    if sampler.warm is not None:
-        steady = sampler.warm_peak - sampler.warm
-        print(f"  of which after the first {WARM_PAGES} pages (steady state): "
-              f"{steady / 2**20:.2f} MiB = {steady / args.fetch_page_bytes:.2f} x "
-              f"fetch_page_bytes; during the first {WARM_PAGES}: peak "
-              f"{(sampler.early_peak - sampler.baseline) / 2**20:+.2f} MiB, after them "
-              f"{(sampler.warm - sampler.baseline) / 2**20:+.2f} MiB")
+    speeds = {"cat": size / cat, "floor": size / floor["wall"], "fetch": size / wall,
+              "raw": size / raw_wall}
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
     print("\n== summary " + "=" * 70)
-    print(f"output {size:,} bytes ({args.line_bytes}-byte lines), fetch_page_bytes "
-          f"{args.fetch_page_bytes:,}")
-    print(f"  fetch/cat speed {ratio:.3f} (fetch {size / wall / 1e6:,.0f} MB/s, cat "
-          f"{size / cat / 1e6:,.0f} MB/s; target >= {TARGET_SPEED_RATIO})  "
-          f"{'PASS' if ratio >= TARGET_SPEED_RATIO else 'MISS'}")
-    print(f"  server RSS growth {growth / args.fetch_page_bytes:.2f} x fetch_page_bytes "
-          f"(target <= {TARGET_RSS_PAGES})  "
-          f"{'PASS' if growth <= TARGET_RSS_PAGES * args.fetch_page_bytes else 'MISS'}")
+    print(f"output {size:,} bytes ({args.line_bytes}-byte lines), fetch_page_bytes {page:,}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"  cat to /dev/null             {speeds['cat'] / 1e6:>8,.0f} MB/s")
+    print(f"  TLS floor (Python ssl)       {speeds['floor'] / 1e6:>8,.0f} MB/s   "
+          f"= {speeds['floor'] / speeds['cat']:.3f} x cat")
+    for name, label in (("fetch", "fetch, JSON pages"), ("raw", "download, raw bytes")):
+        ratio = speeds[name] / speeds["cat"]
+        print(f"  {label:<28} {speeds[name] / 1e6:>8,.0f} MB/s   = {ratio:.3f} x cat, "
+              f"{speeds[name] / speeds['floor']:.2f} x the TLS floor   (target >= "
+              f"{TARGET_SPEED_RATIO} x cat)  {verdict(ratio >= TARGET_SPEED_RATIO)}")
+    for label, r in (("fetch", rss), ("download", raw_rss)):
+        print(f"  server RSS growth, {label:<9} {r['growth'] / page:.2f} x fetch_page_bytes "
+              f"(target <= {TARGET_RSS_PAGES})  "
+              f"{verdict(r['growth'] <= TARGET_RSS_PAGES * page)}")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -307,9 +495,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:1] == ["serve"]:
         serve(argv[1:])
         return 0
+    if argv[:1] == ["floor"]:
+        serve_floor(argv[1:])
+        return 0
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server_core, pin_note = pin_self(args)
+    args.cores = [0, 1] if server_core is not None else _servers.usable_cores()
     print(f"output bench: {args.bytes:,} bytes; {pin_note}; load average "
           f"{os.getloadavg()[0]:.2f}"
           + (f"; server with MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}"

@@ -162,6 +162,11 @@ OPERATIONS = {
         query=["since", "wait"]),
     ("/api/jobs/{token}", "delete"): op("Cancel the job (idempotent)", "JobSummary",
                                         (404, 503)),
+    ("/api/jobs/{token}/output", "get"): op(
+        "Download the job's output file as it is (process: output.log; sql: its JSON "
+        "lines): all of it, or from a `Range: bytes=N-` or `bytes=N-M` header (206). "
+        "Another user's job is 404; a task type without an output file is 409",
+        errors=(400, 404, 409, 503), also={206: None, 416: "Error"}),
     ("/plugins/v1", "get"): op("Registered task types with their spec schemas", "PluginList",
                                tag="plugins"),
     ("/plugins/v1/{task_type}/{version}", "post"): op(
@@ -179,6 +184,8 @@ OPERATIONS = {
 RAW_RESPONSES = {
     "/api/openapi.json": {"application/json": {"schema": OBJ}},
     "/metrics": {"text/plain; version=0.0.4": {"schema": STR}},
+    "/api/jobs/{token}/output": {"application/octet-stream": {
+        "schema": {"type": "string", "contentMediaType": "application/octet-stream"}}},
 }
 
 
@@ -202,9 +209,10 @@ def operation(path: str, method: str, spec: Dict[str, Any]) -> Dict[str, Any]:
                for name in spec["query"]]
     content = RAW_RESPONSES.get(path) or {"application/json": {"schema": ref(spec["ok"])}}
     responses: Dict[str, Any] = {str(spec["status"]): {"description": "OK", "content": content}}
-    for status, schema in spec["also"].items():
-        responses[str(status)] = {"description": schema, "content": {
-            "application/json": {"schema": ref(schema)}}}
+    for status, schema in spec["also"].items():  # None: the path's own raw content
+        responses[str(status)] = {"description": schema or "Partial content", "content": (
+            RAW_RESPONSES[path] if schema is None else
+            {"application/json": {"schema": ref(schema)}})}
     for status in sorted({*spec["errors"], METHOD_NOT_ALLOWED}):
         responses[str(status)] = {"$ref": f"#/components/responses/{response_name(status)}"}
     responses["default"] = {"description": "any other error, e.g. 500",
