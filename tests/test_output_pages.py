@@ -24,9 +24,14 @@ def pages(path, page, complete, slow, monkeypatch):
             cursor = after
 
 
-@pytest.mark.parametrize("steps", [64, 0])  # 0: the bisection, not the walk
-def test_clean_text_pages_equal_the_line_by_line_pages(tmp_path, monkeypatch, steps):
+@pytest.mark.parametrize("steps,slice_bytes", [(64, 64 << 10), (0, 64 << 10), (64, 7),
+                                               (0, 50), (64, 1)])
+def test_clean_text_pages_equal_the_line_by_line_pages(tmp_path, monkeypatch, steps,
+                                                       slice_bytes):
+    # steps 0: the bisection, not the walk; small slices: pages read in many slices, lines
+    # cut by a slice's end, lines longer than a slice (the careful path answers those)
     monkeypatch.setattr(output, "FIT_STEPS", steps)
+    monkeypatch.setattr(output, "SLICE_BYTES", slice_bytes)
     rnd = random.Random(15)
     path = str(tmp_path / "output.log")
     fast_pages = 0
@@ -45,7 +50,8 @@ def test_clean_text_pages_equal_the_line_by_line_pages(tmp_path, monkeypatch, st
             assert json.loads(encoded) == list(expected)
             assert len(encoded) == len(encode_responses(list(expected)))
             fast_pages += isinstance(responses, output.MessageLines)
-    assert fast_pages > 1000  # the fast path did answer
+    # the fast path did answer (with tiny slices, only for lines shorter than a slice)
+    assert fast_pages > {1: -1, 7: 100, 50: 300}.get(slice_bytes, 1000)
 
 
 def test_a_page_with_a_quote_or_a_control_character_takes_the_careful_path(tmp_path):
@@ -72,3 +78,27 @@ def test_a_clean_page_is_bounded_by_max_bytes_and_ends_at_a_line(tmp_path):
     assert responses[0] == {"message": "line 000000"} and len(responses) == 4096 // 26
     assert responses[-1] == {"message": "line %06d" % (4096 // 26 - 1)}
     assert output.read_messages(path, "", 4096, True) == (list(responses), after, more)
+
+
+def test_a_clean_page_is_read_in_slices_and_held_as_its_json_only(tmp_path, monkeypatch):
+    """The bytes read are never held whole next to their JSON: a page of 1 MiB is read a
+    slice at a time, and what it keeps is its JSON (at most the page's bound)."""
+    path = str(tmp_path / "output.log")
+    with open(path, "wb") as fh:
+        fh.write(b"".join(b"line %06d abcdefghijklmnopqrstuvwxyz\n" % i for i in range(100000)))
+    reads = []
+    pread = output.os.pread
+
+    def recording(fd, n, offset):
+        reads.append(n)
+        return pread(fd, n, offset)
+    monkeypatch.setattr(output.os, "pread", recording)
+    page = 1 << 20
+    responses, after, more = output.read_message_page(path, "", page, True)
+    assert isinstance(responses, output.MessageLines) and more
+    assert len(reads) > 1 and max(reads) <= output.SLICE_BYTES
+    # a line cut by a slice is read again; the last slice goes past the page's end
+    assert sum(reads) < int(after) + len(reads) * 40 + output.SLICE_BYTES
+    assert len(responses.json) <= page < len(responses.json) + 50
+    assert responses[-1] == {"message": "line %06d abcdefghijklmnopqrstuvwxyz"
+                             % (len(responses) - 1)}

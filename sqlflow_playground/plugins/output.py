@@ -26,6 +26,7 @@ _NEEDS_ESCAPE = re.compile(rb'[^\x20-\x7e]|["\\]')
 # page, some 40 times faster than a regular expression's search for them.
 _CLEAN_TEXT = bytes(b for b in range(256) if b == 10 or (0x20 <= b <= 0x7e and b not in b'"\\'))
 CLEAN_COST = 2 + MESSAGE_OVERHEAD  # a line's cost in a page beyond its bytes, if clean
+SLICE_BYTES = 64 << 10  # a clean page is read and encoded in slices of this size
 FIT_STEPS = 64  # lines walked to find a page's end before bisecting: see _fit_clean
 
 
@@ -116,30 +117,26 @@ def read_message_page(path: str, cursor: str, max_bytes: int,
     line too large even alone is cut (at a character boundary) to fit.
 
     A page of printable ASCII lines (the usual log) comes as a ``MessageLines``, its JSON
-    made from the bytes read in a few C passes (a fetch sends it as it is); any other, as
-    a list of dicts made line by line. The bytes are read into a buffer that keeps room
-    for the JSON's opening in front (``_PAGE_HEAD``), so the fast path holds at most that
-    buffer and the JSON (two pages) at a time.
+    made from the bytes read a slice at a time in a few C passes (``_clean_page``; a fetch
+    sends it as it is); any other, as a list of dicts made line by line.
     """
     offset = parse_cursor(cursor)
-    buf, end, size = _read_page(path, offset, cursor, max_bytes, complete)
-    start = len(_PAGE_HEAD)
-    if end > start and not buf.translate(None, _CLEAN_TEXT):
-        # Printable ASCII only (the usual log): each line costs its bytes plus CLEAN_COST,
-        # the page's JSON is made from the bytes as they are (MessageLines), no line is
-        # looked at in Python unless the page must end before the bytes read do.
-        fit = _fit_clean(buf, end, max_bytes, start)
-        if fit:
-            held = [buf]  # MessageLines takes the last reference: see there
-            del buf
-            return MessageLines(held, start + fit), str(offset + fit), offset + fit < size
-    body = buf[start:end]
-    del buf
+    if max_bytes > 0:
+        fh, size = _open_at(path, offset, cursor)
+        if fh is not None:
+            with fh:
+                page = _clean_page(fh.fileno(), offset, min(max_bytes, size - offset), size,
+                                   max_bytes, complete)
+            if page is not None:
+                return page, str(offset + page.length), offset + page.length < size
+    chunk, end, _ = _read_whole_lines(path, offset, cursor, max_bytes, complete)
+    body = chunk if end == len(chunk) else chunk[:end]
+    del chunk
     lines = body.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     taken: List[bytes] = []
-    pos, used, end = offset, 0, offset + len(body)
+    pos, used, end = offset, 0, offset + end
     for line in lines:
         cost = message_size(line)
         if used + cost > max_bytes:
@@ -163,84 +160,98 @@ def read_message_page(path: str, cursor: str, max_bytes: int,
             str(end), more)
 
 
-def _read_page(path: str, offset: int, cursor: str, max_bytes: int,
-               complete: bool) -> Tuple[bytearray, int, int]:
-    """``_read_whole_lines`` into one bytearray: ``len(_PAGE_HEAD)`` bytes of room (clean
-    text, overwritten by MessageLines), then the bytes read (read into it, not copied);
-    the end of the whole lines in it (an index into the buffer); the file's size."""
-    start = len(_PAGE_HEAD)
-    room = bytearray(_ROOM)
-    if max_bytes <= 0:  # status only
-        return room, start, 0
-    fh, size = _open_at(path, offset, cursor)
-    if fh is None:
-        return room, start, 0
-    want = min(max_bytes, size - offset)
-    buf = bytearray(start + want)
-    buf[:start] = _ROOM
-    with fh, memoryview(buf) as view, view[start:] as into:
-        got = 0
-        while got < want:
-            n = fh.readinto(into[got:])
-            if not n:
-                break
-            got += n
-    if got < want:
-        del buf[start + got:]
-    last = buf.rfind(b"\n", start)
-    end = last + 1 if last >= 0 else start
-    if last < 0 and got:
-        # No newline in this chunk: a line longer than the page, or the final line.
-        if got >= max_bytes or complete:
-            end = start + got
-    elif complete and offset + got == size:
-        end = start + got
-    return buf, end, size
+def _clean_page(fd: int, offset: int, want: int, size: int, max_bytes: int,
+                complete: bool) -> Optional["MessageLines"]:
+    """The page ``read_message_page`` answers from ``offset``, if its lines are printable
+    ASCII (no quote, no backslash: the usual log), as a MessageLines; else None (also
+    when it holds no whole line, or a line longer than SLICE_BYTES: the careful path,
+    line by line, answers those).
+
+    The ``want`` bytes from ``offset`` (what the careful path reads at once) are read a
+    slice of SLICE_BYTES at a time: one ``translate`` confirms that no byte of it needs
+    escaping, one ``count`` of its newlines gives the cost of its whole lines (each
+    costs its bytes plus CLEAN_COST, as ``message_size`` says), one ``replace`` turns them
+    into the JSON, appended to the page's. A line cut by the slice's end is read again
+    with the next slice. So the page holds its JSON (at most ``max_bytes``) and a slice or
+    two at a time, never the bytes read and their JSON both whole."""
+    extra, grow = CLEAN_COST - 1, len(_MESSAGE_SEP) - 1
+    out = bytearray(_PAGE_HEAD)
+    used = lines = 0
+    pos, stop = offset, offset + want
+    tail = b""
+    while pos < stop:
+        data = os.pread(fd, min(SLICE_BYTES, stop - pos), pos)
+        if not data or data.translate(None, _CLEAN_TEXT):
+            return None
+        last = data.rfind(b"\n")
+        if last < 0:  # no newline: the final line, or one longer than a slice
+            if pos + len(data) < stop:
+                return None
+            tail = data
+            break
+        whole, count = last + 1, data.count(b"\n")
+        cost = whole + count * extra
+        if used + cost > max_bytes:  # the page ends in this slice
+            whole = _fit_clean(data, whole, max_bytes - used)
+            count = data.count(b"\n", 0, whole)
+        if whole:
+            with memoryview(data.replace(b"\n", _MESSAGE_SEP)) as json_:
+                out += json_[:whole + count * grow]
+            used, lines, pos = used + cost, lines + count, pos + whole
+        if whole < last + 1:  # full
+            break
+    if tail and complete and stop == size and used + len(tail) + 1 + extra <= max_bytes:
+        out += tail  # the final line, without a newline, as the careful path takes it
+        out += _MESSAGE_SEP
+        lines, pos = lines + 1, pos + len(tail)
+    if not lines:
+        return None
+    end = len(out) - len(_MESSAGE_SEP) + 2  # the last line's '"}' stays...
+    out[end] = 0x5D  # ...and "]" ends the array, in place of the separator's rest
+    del out[end + 1:]
+    return MessageLines(out, lines, pos - offset)
 
 
-def _fit_clean(chunk, end: int, max_bytes: int, start: int = 0) -> int:
-    """How many bytes of ``chunk[start:end]`` (whole lines of printable ASCII, each with
-    its newline but perhaps the last) make the longest run of its first lines whose
-    messages fit in ``max_bytes``, as ``read_messages`` would take them one by one; 0 if
-    not even the first line fits (then it is cut, the slow way). No copy is made."""
+def _fit_clean(chunk: bytes, end: int, max_bytes: int) -> int:
+    """How many bytes of ``chunk[:end]`` (whole lines of printable ASCII, each with its
+    newline but perhaps the last) make the longest run of its first lines whose messages
+    fit in ``max_bytes``, as ``read_messages`` would take them one by one; 0 if not even
+    the first line fits (then it is cut, the slow way). No copy of ``chunk`` is made."""
     extra = CLEAN_COST - 1  # a line costs its bytes with its newline, plus this
 
-    def cost(stop: int, lines: int) -> int:  # of chunk[start:stop], ``lines`` newlines in it
-        if stop > start and chunk[stop - 1] != 10:  # the final line, without its newline
-            return stop - start + 1 + (lines + 1) * extra
-        return stop - start + lines * extra
-
-    def line_start(before: int) -> int:  # of the line holding chunk[before - 1]
-        return chunk.rfind(b"\n", start, before) + 1 or start
-    total = chunk.count(b"\n", start, end)
+    def cost(length: int, lines: int) -> int:  # of chunk[:length], ``lines`` newlines in it
+        if length and chunk[length - 1] != 10:  # the final line, without its newline
+            return length + 1 + (lines + 1) * extra
+        return length + lines * extra
+    total = chunk.count(b"\n", 0, end)
     used = cost(end, total)
     if used <= max_bytes:
-        return end - start
+        return end
     # Lines cost their bytes plus a constant: start where that is about max_bytes...
-    pos = line_start(start + (end - start) * max_bytes // used)
+    pos = chunk.rfind(b"\n", 0, end * max_bytes // used) + 1
     used = cost(pos, total - chunk.count(b"\n", pos, end))
     for _ in range(FIT_STEPS):  # ...and walk a line at a time to the page's end
         if used > max_bytes:
-            if pos == start:
+            if pos == 0:
                 return 0
-            before = line_start(pos - 1)
+            before = chunk.rfind(b"\n", 0, pos - 1) + 1
             used -= pos - before + extra
             pos = before
             continue
         after = chunk.find(b"\n", pos, end) + 1 or end
         more = after - pos + extra + (chunk[after - 1] != 10)
         if used + more > max_bytes:
-            return pos - start
+            return pos
         pos, used = after, used + more
-    lo, hi = start, end  # line lengths far from even: bisect (cost grows with length)
+    lo, hi = 0, end  # line lengths far from even: bisect (cost grows with length)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        stop = line_start(mid)
-        if cost(stop, chunk.count(b"\n", start, stop)) <= max_bytes:
+        stop = chunk.rfind(b"\n", 0, mid) + 1
+        if cost(stop, chunk.count(b"\n", 0, stop)) <= max_bytes:
             lo = mid
         else:
             hi = mid - 1
-    return line_start(lo) - start
+    return chunk.rfind(b"\n", 0, lo) + 1
 
 
 def _cut_to_fit(line: bytes, max_bytes: int) -> bytes:
@@ -315,33 +326,18 @@ class JsonLines(collections.abc.Sequence):
 
 _MESSAGE_SEP = b'"},{"message":"'
 _PAGE_HEAD = b'[{"message":"'
-_ROOM = b"-" * len(_PAGE_HEAD)  # clean text, where _read_page keeps room for _PAGE_HEAD
 
 
 class MessageLines(JsonLines):
     """Text lines of printable ASCII (no quote, no backslash) as ``{"message": line}``
-    responses: the bytes ``len(_PAGE_HEAD)`` to ``length`` of the bytearray in ``held``
-    (a list of one, taken from it so that it is freed once used; ``_read_page`` keeps
-    room for ``_PAGE_HEAD`` in front). Their JSON is made at once from those bytes (one
-    replace, a C pass), holding at most the buffer and the JSON at a time; decoded only
-    if someone looks at an element."""
+    responses, kept as their JSON (made by ``_clean_page``; a fetch sends it as it is);
+    decoded only if someone looks at an element. ``length``: the bytes of the file they
+    came from, newlines included."""
 
-    __slots__ = ()
+    __slots__ = ("length",)
 
-    def __init__(self, held: List[bytearray], length: int):
-        buf = held.pop()
-        del buf[length:]  # (in place: no copy)
-        buf[:len(_PAGE_HEAD)] = _PAGE_HEAD
-        if buf[-1] != 10:
-            buf += b"\n"
-        size = len(buf)
-        out = buf.replace(b"\n", _MESSAGE_SEP)  # (its own count of them is quicker)
-        del buf  # the last reference: from here on the page is only its JSON
-        lines = (len(out) - size) // (len(_MESSAGE_SEP) - 1)
-        cut = len(out) - len(_MESSAGE_SEP) + 2  # the last line's '"}' stays...
-        out[cut] = 0x5D  # ...and "]" ends the array, in place of the separator's rest
-        del out[cut + 1:]
-        self._body, self._count, self._items = out, lines, None
+    def __init__(self, json_: bytearray, count: int, length: int):
+        self._body, self._count, self._items, self.length = json_, count, None, length
 
     @property
     def json(self) -> bytearray:
