@@ -18,7 +18,8 @@ PAGE = 4096
 # Bytes that are not text, a quote, a backslash, newlines, a final line without one:
 # the download is the file's bytes, whatever they are.
 WRITER = ("import sys; out = sys.stdout.buffer\n"
-          "for i in range(300): out.write(b'line %05d \\\"q\\\" \\\\ ' % i + bytes(range(256)) + b'\\n')\n"
+          "for i in range(300):\n"
+          "    out.write(b'line %05d \\\"q\\\" \\\\ ' % i + bytes(range(256)) + b'\\n')\n"
           "out.write(b'no newline at the end')")
 
 
