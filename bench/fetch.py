@@ -48,6 +48,15 @@ Reading: the fetch clients are a closed loop, so once the server's core is satur
 connections x srv ms/req; "srv ms/req" is the figure to improve, and ``--connections 1``
 shows the latency of a fetch on its own. In (ii) the server is not saturated: its CPU is
 what 100 waiting long-polls cost (their jobs are all re-read every 50 ms), per answer.
+Before the scenarios, a window with no client at all measures the server's "upkeep" with
+the tickers running (the output shipping tick every 0.25 s over the running jobs, ...).
+The summary ends with the floor of the fetch latency on one core (see floor_lines): CPU
+per fetch from (i) and per long-poll answer from (ii), both less the upkeep, give
+    floor = connections x CPU per fetch / (1 - upkeep - long-poll answers/s x CPU per answer)
+the lowest mean latency 16 closed-loop connections can see once the server's core is
+saturated; p99 lies above it. It needs (i) (and (ii) for (iii)) in the same run.
+--perf DIR: the server sampled by perf record in each scenario, split by shared object
+(libcrypto/libssl: TLS; libpython: the interpreter; the kernel: syscalls, scheduling).
 --quick: 2 s windows after 1 s warm-up and 300 jobs (200 finished); setting up the
 finished jobs goes at ~25 submits/s, so 1,000 jobs take ~40 s before anything is measured.
 --profile: (iii) only unless --scenarios says otherwise, with the server's IOLoop and executor threads under cProfile.
@@ -58,9 +67,12 @@ job command still running under the jobs dir (child.pgid) is killed; and every t
 exits by itself once the benchmark should long have ended.
 """
 import argparse
+import asyncio
+import math
 import os
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -98,6 +110,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="comma-separated, of i, ii, iii (default all)")
     p.add_argument("--no_pin", action="store_true", help="do not pin server and client to cores")
+    p.add_argument("--perf", metavar="DIR",
+                   help="sample the server with perf record during each scenario (warm-up "
+                   "and window) into DIR/SCENARIO.data; print the split by shared object "
+                   "(TLS in libcrypto/libssl, the interpreter, the kernel, ...)")
     p.add_argument("--profile", action="store_true",
                    help="run (iii), or --scenarios, with the server under cProfile; print its top costs")
     args = p.parse_args(argv)
@@ -180,14 +196,64 @@ def scenario_load(name: str, port: int, ctx, jobs: List[Job], tickers: List[Job]
     return jl.together(*starts), samples
 
 
+async def measure_idle(server: _servers.ServerProcess, args: argparse.Namespace,
+                       workload_cpu: Callable[[], float]) -> Result:
+    """The server's CPU with the tickers running and no client at all: its upkeep of the
+    running jobs (the output shipping tick, reaping), which every scenario pays too."""
+    async def nobody(run) -> list:
+        async def idle() -> None:
+            while not run.stopping:
+                await asyncio.sleep(0.05)
+        return [asyncio.ensure_future(idle())]
+    return await _load.measure(nobody, server.cpu_seconds,
+                               lambda: _servers.busy_seconds(args.cores),
+                               0.0, args.seconds, workload_cpu=workload_cpu)
+
+
 async def run_scenario(name: str, server: _servers.ServerProcess, ctx, jobs: List[Job],
                        tickers: List[Job], args: argparse.Namespace,
                        workload_cpu: Callable[[], float]) -> Tuple[Result, Dict[str, Samples]]:
     load, samples = scenario_load(name, server.port, ctx, jobs, tickers, args)
-    result = await _load.measure(load, server.cpu_seconds,
-                                 lambda: _servers.busy_seconds(args.cores),
-                                 args.warmup, args.seconds, workload_cpu=workload_cpu)
+    perf = start_perf(args, name, server)
+    try:
+        result = await _load.measure(load, server.cpu_seconds,
+                                     lambda: _servers.busy_seconds(args.cores),
+                                     args.warmup, args.seconds, workload_cpu=workload_cpu)
+    finally:
+        stop_perf(perf)
     return result, samples
+
+
+def start_perf(args: argparse.Namespace, name: str,
+               server: _servers.ServerProcess) -> Optional[subprocess.Popen]:
+    if not args.perf:
+        return None
+    os.makedirs(args.perf, exist_ok=True)
+    assert server.proc is not None
+    return subprocess.Popen(["perf", "record", "-F", "999", "-o",
+                             os.path.join(args.perf, f"{name}.data"), "-p", str(server.proc.pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_perf(perf: Optional[subprocess.Popen]) -> None:
+    if perf is None:
+        return
+    perf.send_signal(signal.SIGINT)
+    try:
+        perf.wait(30)
+    except subprocess.TimeoutExpired:
+        perf.kill()
+        perf.wait()
+
+
+def perf_split(args: argparse.Namespace, name: str, top: int = 10) -> List[str]:
+    """The server's samples in a scenario by shared object, largest first."""
+    path = os.path.join(args.perf, f"{name}.data")
+    out = subprocess.run(["perf", "report", "-i", path, "--stdio", "--sort", "dso",
+                          "--percent-limit", "0.5"], capture_output=True, text=True)
+    shares = [line.split(None, 1) for line in out.stdout.splitlines()
+              if line.strip() and not line.startswith("#")]
+    return [f"{share:>7} {dso.strip()}" for share, dso in shares[:top]]
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -232,8 +298,91 @@ def show(name: str, args: argparse.Namespace, r: Result, samples: Dict[str, Samp
         print(f"    {r.errors} worker(s) failed; first: {r.first_error}", flush=True)
 
 
+def per_request_ms(r: Result, samples: Dict[str, Samples]) -> float:
+    answered = sum(s.requests for s in samples.values())
+    return 1000.0 * r.server_cpu_s / answered if answered else float("nan")
+
+
+def own_ms(r: Result, requests: int, idle: Optional[Result]) -> float:
+    """Server CPU per request of a window, less the upkeep it would have paid anyway;
+    NaN if the server used less than that (it hardly ran: the row says nothing)."""
+    upkeep = idle.server_cpu_s / idle.wall_s if idle is not None and idle.wall_s else 0.0
+    own = r.server_cpu_s - upkeep * r.wall_s
+    return 1000.0 * own / requests if requests and own > 0 else float("nan")
+
+
+def floor_lines(args: argparse.Namespace, idle: Optional[Result],
+                results: Dict[str, Tuple[Result, Dict[str, Samples]]]) -> List[str]:
+    """What one core allows the fetches of (i) and (iii), from the server's CPU per request.
+
+    The fetch clients are a closed loop: a fetch's mean latency is connections / fetches
+    per second (Little's law), whatever the server does. With the server's core its own
+    and saturated, fetches per second = (the core left by the rest) / (CPU per fetch), so
+    the mean latency can be no lower than
+        floor = connections x CPU per fetch / (1 - upkeep - long-poll answers/s x CPU per answer)
+    upkeep: the server's CPU with the tickers running and no client (the idle window);
+    CPU per fetch: (i)'s server CPU less upkeep, per fetch; CPU per long-poll answer:
+    (ii)'s, likewise (it includes the looks every 50 ms at all waiting jobs). It is a
+    floor for the mean; p99 lies above it (a fetch also queues behind the burst of
+    long-poll answers after each look, and behind the executor thread's hold of the GIL).
+    """
+    out = []
+    upkeep = 0.0
+    if idle is not None and idle.wall_s:
+        upkeep = idle.server_cpu_s / idle.wall_s
+        out.append(f"upkeep (tickers running, no client): server {1000 * upkeep:.0f} ms CPU/s "
+                   f"= {upkeep:.0%} of a core (other {idle.other_core_share:.0%})")
+    fetch_ms = delivery_ms = None
+    if "i" in results:
+        r, samples = results["i"]
+        fetch_ms = own_ms(r, samples[FETCH].requests, idle)
+        out.append(f"CPU per fetch (i): {fetch_ms:.3f} ms (srv ms/req "
+                   f"{per_request_ms(r, samples):.3f} less upkeep)")
+    if "ii" in results:
+        r, samples = results["ii"]
+        delivery_ms = own_ms(r, samples[DELIVERY].requests, idle)
+        out.append(f"CPU per long-poll answer (ii): {delivery_ms:.3f} ms (srv ms/req "
+                   f"{per_request_ms(r, samples):.3f} less upkeep)")
+    for name in ("i", "iii"):
+        if name not in results or FETCH not in results[name][1]:
+            continue
+        r, samples = results[name]
+        s = samples[FETCH]
+        rate = s.requests / r.wall_s if r.wall_s else 0.0
+        little = 1000.0 * args.connections / rate if rate else float("nan")
+        mean = sum(s.values_ms) / len(s.values_ms) if s.values_ms else float("nan")
+        line = (f"{name}: fetch mean {mean:.1f} ms (Little: {args.connections} connections / "
+                f"{rate:.0f} fetches/s = {little:.1f} ms), p99 {s.percentile(99):.1f} ms, srv core "
+                f"{r.server_core_share:.0%}; ")
+        if fetch_ms is None or math.isnan(fetch_ms):
+            out.append(line + "floor: needs (i) in the same run, with the server running")
+            continue
+        rest = upkeep
+        terms = f"{upkeep:.2f}"
+        if name == "iii":
+            if delivery_ms is None or math.isnan(delivery_ms):
+                out.append(line + "floor: needs (ii) in the same run, with the server running")
+                continue
+            answers = samples[DELIVERY].requests / r.wall_s if r.wall_s else 0.0
+            rest += answers * delivery_ms / 1000.0
+            terms += f" + {answers:.0f}/s x {delivery_ms:.2f} ms"
+        if rest >= 1.0:
+            out.append(line + f"floor: none, the rest ({terms}) takes {rest:.0%} of the core")
+            continue
+        noisy = [n for n in (("i",) if name == "i" else ("i", "ii", "iii")) if n in results
+                 and results[n][0].other_core_share > hb.NOISY_OTHER_SHARE]
+        line = line if not noisy else line.replace("; ", f" (noisy: {', '.join(noisy)}); ", 1)
+        floor = args.connections * fetch_ms / (1.0 - rest)
+        out.append(line + f"floor on one core: {args.connections} x {fetch_ms:.3f} ms / "
+                   f"(1 - {terms}) = {floor:.1f} ms mean"
+                   + (f" >= the {TARGET_FETCH_P99_MS:g} ms p99 target"
+                      if floor >= TARGET_FETCH_P99_MS
+                      else f" (p99 target {TARGET_FETCH_P99_MS:g} ms)"))
+    return out
+
+
 def summary(args: argparse.Namespace, results: Dict[str, Tuple[Result, Dict[str, Samples]]],
-            notes: List[str]) -> None:
+            notes: List[str], idle: Optional[Result] = None) -> None:
     print("\n== summary " + "=" * 110)
     print(HEADER)
     for name, (r, samples) in results.items():
@@ -250,6 +399,18 @@ def summary(args: argparse.Namespace, results: Dict[str, Tuple[Result, Dict[str,
             noisy = " (noisy)" if r.other_core_share > hb.NOISY_OTHER_SHARE else ""
             name_ = f"{label(name, args)}: {what} {'latency' if what == FETCH else 'delay'} p99"
             print(f"  {name_ + f' < {target:g} ms':<62} {p99:>9.2f} ms  {hb.verdict(ok)}{noisy}")
+    floors = floor_lines(args, idle, results)
+    if floors:
+        print("\nfloor of the fetch latency on one core (closed loop: mean = connections x CPU "
+              "per fetch / core share left), from this run's CPU per request (see floor_lines):")
+        for line in floors:
+            print("  " + line)
+    if args.perf:
+        for name in results:
+            print(f"\nperf, the server in {label(name, args)} (samples by shared object; "
+                  f"{args.perf}/{name}.data):")
+            for line in perf_split(args, name):
+                print("  " + line)
     for note in notes:
         print("note: " + note)
 
@@ -274,6 +435,7 @@ async def run_all(args: argparse.Namespace, keys: _servers.KeyStore, start: Call
     ctx = _load.client_context(keys.ca, keys.crt("front"), keys.key("front"))
     pool = jl.Pool(server.port, ctx, SETUP_CONNECTIONS)
     tickers: List[Job] = []
+    idle: Optional[Result] = None
     try:
         tickers, note = await start_tickers(pool, args, args.job_cores)
         print("setup: " + note, flush=True)
@@ -285,6 +447,11 @@ async def run_all(args: argparse.Namespace, keys: _servers.KeyStore, start: Call
         counted = runners + (commands if shared else [])  # their CPU is "jobs", not "other"
         print(f"setup: {len(commands)} ticker commands, {len(runners)} runners; the load "
               f"generator uses {args.connections} + {len(tickers)} connections\n", flush=True)
+        idle = await measure_idle(server, args, lambda: jl.processes_cpu_seconds(counted))
+        print(f"upkeep: with no client the server used "
+              f"{1000 * idle.server_cpu_s / idle.wall_s:.0f} ms CPU/s "
+              f"({idle.server_core_share:.0%} of a core; other {idle.other_core_share:.0%})\n",
+              flush=True)
         print(HEADER, flush=True)
         results: Dict[str, Tuple[Result, Dict[str, Samples]]] = {}
         for name in args.scenarios:
@@ -310,7 +477,7 @@ async def run_all(args: argparse.Namespace, keys: _servers.KeyStore, start: Call
     tail = server.log_tail(5)
     if tail:
         notes.append("the server logged (last lines):\n    " + tail.replace("\n", "\n    "))
-    summary(args, results, notes)
+    summary(args, results, notes, idle)
 
 
 def print_profile(path: Path) -> None:

@@ -120,3 +120,84 @@ def test_close_answers_every_waiter_at_once_and_later_waits_do_not_wait(runner):
     results, after, took, ticker_done = asyncio.run(main())
     assert results == [None] * 5 and after is None
     assert took < 2 and ticker_done  # not held for their 30 s
+
+
+class Glanced(Source):
+    """A Source whose probe is dear and whose glance (the line count, cheaply) is not:
+    both count their calls."""
+
+    def __init__(self, glance=None):
+        super().__init__()
+        self.probes = 0
+        self.glances = 0
+        self._glance = glance
+
+    def probe(self):
+        self.probes += 1
+        return super().probe()
+
+    def glance(self):
+        self.glances += 1
+        return self._glance() if self._glance else self.lines
+
+
+async def looks(source, at_least):
+    """Until the waiter's source has been glanced at ``at_least`` times (bounded)."""
+    for _ in range(400):
+        if source.glances >= at_least:
+            return
+        await asyncio.sleep(INTERVAL_S)
+    raise AssertionError(f"only {source.glances} glances")
+
+
+def test_an_unchanged_glance_spares_the_probe_until_it_changes(runner):
+    async def main():
+        polls = LongPolls(runner, INTERVAL_S, refresh_s=3600)
+        source = Glanced()
+        waiting = asyncio.ensure_future(
+            polls.wait(source.probe, True, lambda n: n > 0, 10, glance=source.glance))
+        await looks(source, 6)
+        quiet = (source.probes, waiting.done())
+        source.lines = 2
+        return quiet, await waiting, source.probes
+
+    (probed_while_quiet, done_while_quiet), news, probes = asyncio.run(main())
+    assert probed_while_quiet == 1 and not done_while_quiet  # the first look alone probed
+    assert news == 2 and probes == 2  # the change was seen by a glance, then probed
+
+
+def test_a_glance_that_misses_a_change_is_overruled_after_refresh_s(runner):
+    async def main():
+        polls = LongPolls(runner, INTERVAL_S, refresh_s=0.0)
+        source = Glanced(glance=lambda: "never changes")
+        waiting = asyncio.ensure_future(
+            polls.wait(source.probe, True, lambda n: n > 0, 10, glance=source.glance))
+        await looks(source, 3)
+        source.lines = 1
+        return await waiting, source.probes, source.glances
+
+    news, probes, glances = asyncio.run(main())
+    assert news == 1 and probes >= 4 and probes == glances  # every look probed all the same
+
+
+def test_a_failing_glance_leaves_it_to_the_probe_and_an_async_probe_takes_none(runner):
+    def broken():
+        raise OSError("no such file")
+
+    async def main():
+        polls = LongPolls(runner, INTERVAL_S, refresh_s=3600)
+        source = Glanced(glance=broken)
+        waiting = asyncio.ensure_future(
+            polls.wait(source.probe, True, lambda n: n > 0, 10, glance=source.glance))
+        await looks(source, 3)
+        source.lines = 5
+
+        async def async_probe():
+            return 1
+
+        with pytest.raises(ValueError, match="blocking"):
+            await polls.wait(async_probe, False, lambda n: True, 10, glance=source.glance)
+        return await waiting, source.probes, source.glances
+
+    news, probes, glances = asyncio.run(main())
+    assert news == 5 and probes == glances >= 4
