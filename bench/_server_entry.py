@@ -19,6 +19,8 @@ slow  the real gateway, but its sqlite provisioner sleeps ``--slow_s`` in the bl
 (bench/grpc_fetch.py passes it; the other benchmarks leave it unset).
 ``--set NAME=VALUE`` (repeatable) sets any other Config field of ours, jobs and slow, after
 their own settings (bench/connections.py: ``max_connections``); without it, nothing changes.
+``--lag_file PATH`` (jobs only): the server also times its own IOLoop, as bench/sql_output.py's
+server does (``probe_lag``: how late a callback due every 10 ms ran, "WALL_TIME LAG_MS" lines).
 
 All of them listen on an ephemeral port of 127.0.0.1 and log at WARNING (Tornado's
 access log is discarded alike in all of them), except ``ours``' own access log, at INFO and stop on SIGTERM/SIGINT. With BENCH_PROFILE=PATH
@@ -114,7 +116,14 @@ async def run_jobs(args: argparse.Namespace) -> None:
         enable_process_jobs=True, max_jobs_per_user=JOBS_QUOTA, max_jobs=JOBS_QUOTA,
         fetch_timeout_s=JOBS_FETCH_TIMEOUT_S)
     config = config_overrides(config, args.set)
-    await cli.serve(config, on_started=lambda gateway: announce(gateway.port))
+
+    def started(gateway: Gateway) -> None:
+        if args.lag_file:
+            from sql_output import probe_lag
+            probe_lag(asyncio.get_running_loop(), args.lag_file)
+        announce(gateway.port)
+
+    await cli.serve(config, on_started=started)
 
 
 # -- slow ------------------------------------------------------------------------
@@ -201,6 +210,8 @@ def main() -> None:
                         help="the gateway's gRPC door port, 0: off (default: Config's)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="any other Config field of ours, jobs and slow (repeatable)")
+    parser.add_argument("--lag_file", default=None,
+                        help="jobs: write the IOLoop's lateness every 10 ms there")
     args = parser.parse_args()
     cli.setup_logging(LOG_LEVEL)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks to the log, for hangs

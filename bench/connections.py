@@ -65,6 +65,11 @@ nice -10 (as bench/sql_output.py does), so that what is measured is the server u
 own load, not the neighbours'. The jobs' runners and commands, in sessions of their own,
 are not boosted.
 
+The server also times its own IOLoop (``_server_entry.py --lag_file``, bench/sql_output.py's
+``probe_lag``): how late a callback due every 10 ms ran (1 ms resolution on uvloop), while
+the idle connections alone are held and in the window; a latency far above that lag was
+spent outside the server's loop (in the handshake's CPU, or waiting for a core).
+
 Columns: "samples" and p50/p99/max of each kind; "srv core" / "cli core" the share of
 one core used by the server and by the load generator (all its processes) over the
 window; "jobs" the tickers and runners; "other" whatever else ran on the two cores
@@ -109,6 +114,7 @@ import _jobs_load as jl
 import _load
 import _servers
 import heartbeat as hb
+import sql_output
 from _jobs_load import Job, Samples
 from _load import Run
 
@@ -577,13 +583,16 @@ async def run_all(args: argparse.Namespace, keys: _servers.KeyStore,
                   f"{' (their long-polls included)' if name == 'long-polling' else ''}; "
                   f"RSS {mb(rss[name])}", flush=True)
             if name == "idle":  # the connections alone, before any long-poll runs
+                wall_idle = time.time()
                 idle_only = await probe(keys, port, args.baseline, args.baseline * 0.1)
+                idle_only["lag_between"] = (wall_idle, time.time())
                 print(f"{len(idle_only['ms'])} fresh-connection heart beats with the idle "
                       f"connections held: p50 {stats(idle_only['ms'])[0]:.2f} ms, p99 "
                       f"{stats(idle_only['ms'])[1]:.2f} ms", flush=True)
 
         # -- the window ----------------------------------------------------------------
         clients = [poller, holder]
+        wall0 = time.time()
         busy0, cpu0, t0 = _servers.busy_seconds(args.cores), server.cpu_seconds(), time.monotonic()
         cli0 = time.process_time() + sum(w.cpu_seconds() for w in clients)
         jobs0 = jl.processes_cpu_seconds(job_pids)
@@ -608,6 +617,7 @@ async def run_all(args: argparse.Namespace, keys: _servers.KeyStore,
         cli1 = (time.process_time() + poller.cpu_seconds() + holder.cpu_seconds()
                 + max(cli_prober, prober.cpu_seconds()))
         jobs1 = jl.processes_cpu_seconds(job_pids)
+        wall1 = time.time()
         held = await holder.ask(cmd="status")
         rss["peak"] = watch.peak
         rss["hwm"] = rss_bytes(pid, "VmHWM")
@@ -632,13 +642,18 @@ async def run_all(args: argparse.Namespace, keys: _servers.KeyStore,
             if problems:
                 print(f"note: cancelling {len(problems)} job(s) failed, e.g. {problems[0]}")
 
+    await_lags = 1.5 - (time.time() - wall1)  # the server writes its lags once a second
+    if await_lags > 0:
+        time.sleep(await_lags)
+    lags = {"idle": sql_output.lags_between(args.lag_file, *idle_only["lag_between"]),
+            "window": sql_output.lags_between(args.lag_file, wall0, wall1)}
     wall = t1 - t0
     window = {"wall": wall, "srv": (cpu1 - cpu0) / wall, "cli": (cli1 - cli0) / wall,
               "jobs": (jobs1 - jobs0) / wall,
               "other": max(0.0, (busy1 - busy0) - (cpu1 - cpu0) - (cli1 - cli0)
                            - (jobs1 - jobs0)) / wall}
     report(args, rss, opened, base, idle_only, probes, beats, delays, held, window, open_now,
-           server.log_tail(5))
+           lags, server.log_tail(5))
 
 
 def server_open_connections(pid: int) -> int:
@@ -656,12 +671,12 @@ def server_open_connections(pid: int) -> int:
     return count
 
 
-HEADER = (f"{'heart beat latency, line delay':<44} {'samples':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+HEADER = (f"{'latency, delay, lag (ms)':<44} {'samples':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
           f"{'errors':>6}")
 
 
 def report(args, rss, opened, base, idle_only, probes, beats, delays, held, window, sockets,
-           log_tail) -> None:
+           lags, log_tail) -> None:
     n_open = sum(ev["ok"] for ev in opened.values())
     n_held = held["open"] + delays["open"]
     n_lost = held["lost"] + delays["lost"]
@@ -691,6 +706,10 @@ def report(args, rss, opened, base, idle_only, probes, beats, delays, held, wind
               f"{r['errors']:>6}")
         if r["errors"]:
             print(f"    first error: {r['first_error']}")
+    for name, values in ((f"server IOLoop lag, {idle_n} idle held", lags["idle"]),
+                         ("server IOLoop lag, all held", lags["window"])):
+        p50, p99, top = stats(values)
+        print(f"{name:<44} {len(values):>7} {p50:>7.2f} {p99:>7.2f} {top:>7.2f}")
     print()
     per_all = (rss["long-polling"] - rss["before"]) / max(1, n_open)
     per_idle = (rss["idle"] - rss["before"]) / max(1, opened["idle"]["ok"])
@@ -784,8 +803,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         keys = _servers.KeyStore(workdir / "key_store")
         jobs_dir = workdir / "jobs" / "state" / "jobs"  # ServerProcess("jobs").workdir/state
         profile = workdir / "server.prof" if args.profile else None
-        server = _servers.ServerProcess("jobs", keys, workdir, server_core, extra_args=flags,
-                                        profile_to=profile)
+        args.lag_file = workdir / "ioloop_lag.txt"
+        server = _servers.ServerProcess("jobs", keys, workdir, server_core, profile_to=profile,
+                                        extra_args=flags + ["--lag_file", str(args.lag_file)])
         try:
             server.start()
             hb.run_loop(run_all(args, keys, server, jobs_dir))
