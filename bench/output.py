@@ -341,8 +341,12 @@ async def submit_and_wait(port: int, ctx, args: argparse.Namespace) -> str:
     token = json.loads(answer)["token"]
     start, deadline = time.monotonic(), time.monotonic() + 600
     while time.monotonic() < deadline:
-        status, answer = await one_request(
-            port, ctx, _load.get_request(port, f"/plugins/v1/process/v1/{token}"))
+        try:
+            status, answer = await one_request(
+                port, ctx, _load.get_request(port, f"/plugins/v1/process/v1/{token}"))
+        except (asyncio.TimeoutError, ConnectionError) as e:  # a loaded machine: ask again
+            print(f"  (status poll: {type(e).__name__}; asking again)", flush=True)
+            continue
         state = json.loads(answer)
         if state["job_state"] != "RUNNING":
             if state["job_state"] != "SUCCEEDED":

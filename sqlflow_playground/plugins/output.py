@@ -169,9 +169,9 @@ def _clean_page(fd: int, offset: int, want: int, size: int, max_bytes: int,
 
     The ``want`` bytes from ``offset`` (what the careful path reads at once) are read a
     slice of SLICE_BYTES at a time: one ``translate`` confirms that no byte of it needs
-    escaping, one ``count`` of its newlines gives the cost of its whole lines (each
-    costs its bytes plus CLEAN_COST, as ``message_size`` says), one ``replace`` turns them
-    into the JSON, appended to the page's. A line cut by the slice's end is read again
+    escaping, one ``replace`` turns its lines into the JSON (appended to the page's), and
+    how much longer that made it counts the newlines, so the cost of its whole lines
+    (each costs its bytes plus CLEAN_COST, as ``message_size`` says). A line cut by the slice's end is read again
     with the next slice. So the page holds its JSON (at most ``max_bytes``) and a slice or
     two at a time, never the bytes read and their JSON both whole."""
     extra, grow = CLEAN_COST - 1, len(_MESSAGE_SEP) - 1
@@ -189,15 +189,17 @@ def _clean_page(fd: int, offset: int, want: int, size: int, max_bytes: int,
                 return None
             tail = data
             break
-        whole, count = last + 1, data.count(b"\n")
+        json_ = data.replace(b"\n", _MESSAGE_SEP)
+        whole, count = last + 1, (len(json_) - len(data)) // grow  # (quicker than count)
         cost = whole + count * extra
         if used + cost > max_bytes:  # the page ends in this slice
             whole = _fit_clean(data, whole, max_bytes - used)
             count = data.count(b"\n", 0, whole)
         if whole:
-            with memoryview(data.replace(b"\n", _MESSAGE_SEP)) as json_:
-                out += json_[:whole + count * grow]
+            with memoryview(json_) as view:
+                out += view[:whole + count * grow]
             used, lines, pos = used + cost, lines + count, pos + whole
+        del json_
         if whole < last + 1:  # full
             break
     if tail and complete and stop == size and used + len(tail) + 1 + extra <= max_bytes:
