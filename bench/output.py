@@ -538,7 +538,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.mmap_threshold:
             os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)  # (the child's)
         try:
-            server.start()
+            server.start(timeout_s=180.0)  # a loaded machine starts it slowly
             run_loop(run_all(args, server, keys, Path(tmp)))
         finally:
             server.stop()
