@@ -85,11 +85,12 @@ are looked at together every 50 ms (jobs.POLL_INTERVAL_S), so 0-50 ms (25 on ave
 a line's delay is by design.
 
 Knobs (server settings that the benchmark passes when a default would make the target
-impossible, printed at start): ``max_connections`` (default 10,000) counts every open
-connection; with 10,000 held, the prober's fresh connection would be closed at once, so
-it is raised to --connections + 100. ``idle_connection_timeout_s`` (default 120 s) closes
-a connection idle that long; the default is kept when the run holds connections for less
-than it (the default run does), else it is raised beyond the run's length.
+impossible, printed at start with the reason): ``max_connections`` (default 10,000)
+counts every open connection; with 10,000 held, the prober's fresh connection would be
+closed at once, so it is raised to --connections + 100. ``idle_connection_timeout_s``
+(default 120 s) closes a connection idle that long; the connections opened first sit
+idle until the window ends, which on a busy machine (slow opening) can be minutes, so it
+is raised to the longest this run may take (the default is kept for runs short enough).
 
 --quick: 1,000 connections (100 long-polling 50 jobs), 500/s, a 10 s window, 100
 samples. --profile: the server under cProfile, its top costs printed at the end. Clean-up: the jobs are cancelled (DELETE) before the server stops; then any
@@ -100,6 +101,7 @@ process dies (PR_SET_PDEATHSIG), and is killed at the end in any case.
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import signal
@@ -464,16 +466,19 @@ def server_settings(args: argparse.Namespace) -> Tuple[List[str], List[str]]:
         notes.append(f"max_connections: default {DEFAULT_MAX_CONNECTIONS} kept "
                      f"({args.connections} held + the prober's fit)")
     # The longest any connection may sit idle: from the first holder's connection to the
-    # end of the window (one not picked for an idle heart beat), opening at half the rate
-    # asked for (the server may not keep up).
-    idle_s = 2 * args.connections / args.rate + 2 * SETTLE_S + args.seconds + 10
+    # end of the window (one not picked for an idle heart beat), if opening takes as long
+    # as the benchmark lets it (the server may not keep up with --rate on a busy machine).
+    idle_s = (open_timeout(args.connections - args.long_polls, args.rate)
+              + open_timeout(args.long_polls, args.rate) + args.baseline * 0.1
+              + 2 * args.seconds + 60)
     if idle_s > 0.8 * DEFAULT_IDLE_TIMEOUT_S:
-        timeout = max(2 * idle_s, DEFAULT_IDLE_TIMEOUT_S)
+        timeout = 60 * math.ceil(idle_s / 60)
         flags += ["--set", f"idle_connection_timeout_s={timeout:g}"]
         notes.append(f"idle_connection_timeout_s {timeout:g} instead of the default "
-                     f"{DEFAULT_IDLE_TIMEOUT_S:g}: a connection may sit idle up to ~{idle_s:.0f} s "
-                     "in this run (opened early, never used: the connections open at up to "
-                     "--rate, the window follows), and the default would close it")
+                     f"{DEFAULT_IDLE_TIMEOUT_S:g}: the connections opened first sit idle "
+                     f"until the window ends, up to ~{idle_s:.0f} s in this run if opening "
+                     "is slow (the benchmark waits that long at most), and the default "
+                     "would close them")
     else:
         notes.append(f"idle_connection_timeout_s: default {DEFAULT_IDLE_TIMEOUT_S:g} s kept "
                      f"(a connection sits idle at most ~{idle_s:.0f} s in this run)")
