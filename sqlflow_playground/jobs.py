@@ -106,13 +106,13 @@ def release_large_buffers(threshold: int = LARGE_BUFFER_BYTES) -> bool:
     """Make glibc map every allocation of ``threshold`` bytes or more on its own and unmap
     it when freed, as it does at start; whether that was done.
 
-    A fetch makes two page-sized buffers per page (the bytes read and their JSON: see
-    plugins/output.py MessageLines), freed once sent. By default glibc raises its
-    threshold to the size of the largest such buffer freed (up to 32 MiB); from then on
-    page-sized buffers come from heaps, one per executor thread that made one, which
-    keep them once freed. Measured (bench/output.py, 1 MiB pages): the server's RSS grew
-    by 4-6 pages over a long fetch, of which 2 in use. With the threshold fixed it grows
-    by what is in use only. Not done when the operator set MALLOC_MMAP_THRESHOLD_ (theirs
+    A fetch makes a page-sized buffer per page (its JSON: plugins/output.py
+    _clean_page), a download two half-page ones, freed once sent. By default glibc
+    raises its threshold to the size of the largest such buffer freed (up to 32 MiB);
+    from then on page-sized buffers come from heaps (the IOLoop's, and one per executor
+    thread that made one) which keep them once freed. Measured (bench/output.py, 1 MiB
+    pages, before the slices): the server's RSS grew by 4-6 pages over a long fetch, of
+    which 2 in use. With the threshold fixed it grows by what is in use only. Not done when the operator set MALLOC_MMAP_THRESHOLD_ (theirs
     wins), nor on a C library without mallopt (musl, macOS)."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         return False

@@ -219,3 +219,31 @@ def test_freed_page_buffers_are_given_back_to_the_system(tmp_path):
 def test_the_operators_malloc_setting_wins(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert jobs.release_large_buffers() is False
+
+
+def test_a_job_run_by_another_replica_downloads_from_what_it_shipped(certs, make_server,
+                                                                     tmp_path, fetch_as):
+    """Any replica answers (issue 10): the job runs in replica0; replica1 serves its
+    output from the store, the same bytes, ranges included."""
+    store = f"sqlite:///{tmp_path / 'shared.db'}"
+    a, b = [make_server(db_url=store, state_dir=str(tmp_path / f"replica{i}"),
+                        replica=f"replica{i}", enable_process_jobs=True, fetch_page_bytes=PAGE)
+            for i in range(2)]
+    alice = fetch_as("alice", a.port)
+    token = alice("POST", "/api/jobs", {"task_type": "process", "spec": {
+        "command": [sys.executable, "-c", WRITER], "timeout_s": 60}}).body["token"]
+    via_b = fetch_as("alice", b.port)
+    # (a job ends in the store once all its output was shipped there)
+    assert wait_until(lambda: via_b("GET", f"/api/jobs/{token}").body["status"] == SUCCEEDED,
+                      30)
+    with open(os.path.join(str(tmp_path / "replica0"), "jobs", token, "output.log"),
+              "rb") as fh:
+        data = fh.read()
+    status, _, body = download(certs, b.port, "alice", f"/api/jobs/{token}/output")
+    assert status == 200 and body == data
+    status, headers, body = download(certs, b.port, "alice", f"/api/jobs/{token}/output",
+                                     {"Range": f"bytes={PAGE + 3}-"})
+    assert status == 206 and body == data[PAGE + 3:]
+    assert headers["content-range"] == f"bytes {PAGE + 3}-{len(data) - 1}/{len(data)}"
+    status, _, _ = download(certs, b.port, "bob", f"/api/jobs/{token}/output")
+    assert status == 404
