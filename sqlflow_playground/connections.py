@@ -511,7 +511,7 @@ class GatewayHTTPServer(HTTPServer):
         long (10,000 connections cost 10-20 ms of Python per sweep: in one piece, every
         request arriving meanwhile, once a tick, would wait for it)."""
         if self._sweep_left is None:
-            self._sweep_left = iter(list(self._watched.items()))
+            self._sweep_left = iter(list(self._watched))  # a list of references, no tuples
             self._sweep_part()
 
     def _sweep_part(self) -> None:
@@ -521,8 +521,9 @@ class GatewayHTTPServer(HTTPServer):
         now = IOLoop.current().time()
         watched, stale = self._watched, []
         part = list(itertools.islice(left, SWEEP_BATCH))
-        for stream, watch in part:
-            if watched.get(stream) is not watch:
+        for stream in part:
+            watch = watched.get(stream)
+            if watch is None:
                 continue  # closed since the sweep began
             if watch.phase is not HANDSHAKE:
                 mark = stream._read_future if stream._read_regex is not None else None
