@@ -508,7 +508,7 @@ class GatewayHTTPServer(HTTPServer):
     def _sweep(self) -> None:
         """Look at every connection, unless the last sweep is still under way: a slice of
         SWEEP_BATCH per turn of the loop, so that with thousands open no turn is held for
-        long (10,000 connections cost 10-20 ms of Python per sweep: in one piece, every
+        long (10,000 connections cost 3-20 ms of Python per sweep: in one piece, every
         request arriving meanwhile, once a tick, would wait for it)."""
         if self._sweep_left is None:
             self._sweep_left = iter(list(self._watched))  # a list of references, no tuples
