@@ -74,7 +74,7 @@ Columns: "samples" and p50/p99/max of each kind; "srv core" / "cli core" the sha
 one core used by the server and by the load generator (all its processes) over the
 window; "jobs" the tickers and runners; "other" whatever else ran on the two cores
 (/proc/stat): above 15% the row is noise (the machine is shared). Memory: the server's
-RSS (VmRSS) before, after the pollers, after all connections, the peak of the samples
+RSS (VmRSS) before, after the idle connections, after all, the peak of the samples
 and the kernel's high-water mark (VmHWM, since the server started), and the cost per
 connection: (RSS after all - RSS before) / connections, also split by kind.
 
@@ -93,9 +93,10 @@ idle until the window ends, which on a busy machine (slow opening) can be minute
 is raised to the longest this run may take (the default is kept for runs short enough).
 
 --quick: 1,000 connections (100 long-polling 50 jobs), 500/s, a 10 s window, 100
-samples. --profile: the server under cProfile, its top costs printed at the end. Clean-up: the jobs are cancelled (DELETE) before the server stops; then any
-job command still running under the jobs dir is killed; every ticker exits by itself
-once the benchmark should long have ended; every worker process gets SIGKILL if this
+samples. --profile: the server under cProfile, its top costs printed at the end.
+Clean-up: the jobs are cancelled (DELETE) before the server stops; then any job command
+still running under the jobs dir is killed; every ticker exits by itself once the
+benchmark should long have ended; every worker process gets SIGKILL if this
 process dies (PR_SET_PDEATHSIG), and is killed at the end in any case.
 """
 import argparse
@@ -105,7 +106,6 @@ import math
 import os
 import random
 import signal
-import ssl
 import sys
 import tempfile
 import time
@@ -119,12 +119,13 @@ import heartbeat as hb
 import sql_output
 from _jobs_load import Job, Samples
 from _load import Run
+from sqlflow_playground.config import Config
 
 TARGET_RSS_BYTES = 1 << 30
 TARGET_FRESH_P99_MS = 50.0
 TARGET_DELIVERY_P99_MS = 100.0
-DEFAULT_MAX_CONNECTIONS = 10000  # sqlflow_playground/config.py
-DEFAULT_IDLE_TIMEOUT_S = 120.0  # sqlflow_playground/config.py
+DEFAULT_MAX_CONNECTIONS = Config.max_connections
+DEFAULT_IDLE_TIMEOUT_S = Config.idle_connection_timeout_s
 PROBE_ROOM = 100  # connections beyond those held: the prober's, setup's
 SETUP_CONNECTIONS = 16
 SETUP_TIMEOUT_S = 240.0  # for the jobs to start printing
