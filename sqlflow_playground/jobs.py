@@ -194,9 +194,13 @@ class JobService:
         self._async_get: Dict[int, Tuple[Any, bool]] = {}  # see _is_async_get
         # user -> {token: bytes on disk} of their ended jobs: see _output_bytes
         self._ended_bytes: Dict[str, Dict[str, int]] = {}
-        # token -> bytes shipped to the store, of the jobs this replica runs whose output
-        # every replica can serve (sharing.py), until all of it is shipped
-        self._shipping: Dict[str, int] = {}
+        # token -> [bytes shipped to the store], of the jobs this replica runs whose output
+        # every replica can serve (sharing.py), until all of it is shipped. Tokens are
+        # added and removed on the IOLoop only; the count in each one's list is read and
+        # written under _ship_lock by the shippers (executor threads), which hold on to
+        # the list: a token the loop removes meanwhile is neither looked up again (a
+        # KeyError) nor put back.
+        self._shipping: Dict[str, List[int]] = {}
         self._ship_lock = threading.Lock()  # one shipper of a job's bytes at a time
         # tokens of jobs whose work is being stopped here: while it dies, what the plugin
         # sees (a runner gone, no status yet) is not the job's end, so the tick waits
@@ -255,7 +259,7 @@ class JobService:
             return {"token": token, "status": FAILED}
         await self.runner.run(self.store.update_job, token, meta=meta)
         if _shippable(plugin):
-            self._shipping[token] = 0
+            self._shipping[token] = [0]
         job = await self.runner.run(self.store.get_job, token)
         job, _ = await self._observe(job, "", 0)  # PENDING until the plugin says RUNNING
         self._keep(job)
@@ -337,7 +341,9 @@ class JobService:
         job, state = await self._settle(stored, seen, since)
         if wait > 0 and probe is not None and not self._is_news(stored, seen):
             news = await self._polls.wait(probe.fn, probe.blocking,
-                                          functools.partial(self._is_news, job), wait)
+                                          functools.partial(self._is_news, job), wait,
+                                          glance=probe.glance, key=probe.key,
+                                          glance_key=token if probe.glance else None)
             if news is not None:
                 seen = news
                 job, state = await self._settle(job, seen, since)
@@ -501,20 +507,23 @@ class JobService:
         seen: Dict[str, TaskState] = {}
         with self._ship_lock:  # all new output in one transaction, bounded in size
             chunks, budget = [], SHIP_TICK_TOTAL_BYTES
+            shipped: Dict[str, List[int]] = {}
             for token in tokens:
                 job = self._running_here.get(token)
-                if job is None or token not in self._shipping or budget <= 0:
+                shipped_so_far = self._shipping.get(token)
+                if job is None or shipped_so_far is None or budget <= 0:
                     continue
                 plugin = self.registry.get(job["task_type"], job["version"])
                 if not inspect.iscoroutinefunction(plugin.get):
                     seen[token] = plugin.get(self._context(job), job["meta"], "")
                 new = new_output(os.path.join(self._workdir(token), plugin.output_file),
-                                 self._shipping[token], min(SHIP_TICK_BYTES, budget))
+                                 shipped_so_far[0], min(SHIP_TICK_BYTES, budget))
                 chunks += [(token, offset, data) for offset, data in new]
                 budget -= sum(len(data) for _, data in new)
+                shipped[token] = shipped_so_far
             self.store.append_output(chunks)
             for token, offset, data in chunks:
-                self._shipping[token] = offset + len(data)
+                shipped[token][0] = offset + len(data)
         return self.store.job_statuses(tokens), seen
 
     def _ship_rest(self, job: Dict[str, Any]) -> int:
@@ -522,14 +531,14 @@ class JobService:
         plugin = self.registry.get(job["task_type"], job["version"])
         token = job["token"]
         with self._ship_lock:
-            start = self._shipping.get(token)
-            if start is None:  # e.g. at recover(), after a restart
-                start = self.store.shipped_size(token)
+            shipped = self._shipping.get(token)
+            # None: e.g. at recover(), after a restart
+            start = self.store.shipped_size(token) if shipped is None else shipped[0]
             size = ship_all_output(self.store, token,
                                    os.path.join(self._workdir(token), plugin.output_file),
                                    start)
-            if token in self._shipping:
-                self._shipping[token] = size
+            if shipped is not None:
+                shipped[0] = size
             return size
 
     async def _conclude(self, token: str) -> None:
@@ -653,16 +662,21 @@ class JobService:
         if job["meta"] is None:
             return None
         plugin = self.registry.get(job["task_type"], job["version"])
+        # Probes of one job from one cursor give the same answer: waiting fetches share one.
+        key = (job["token"], cursor, max_bytes)
         if plugin.runs_locally and job["replica"] != self.settings.replica \
                 and _shippable(plugin):
-            return Probe(self._remote_probe(job, plugin, cursor, max_bytes), True)
+            return Probe(self._remote_probe(job, plugin, cursor, max_bytes), True,
+                         key=("remote", *key))
         self._require_here(plugin, job)
         ctx = self._context(job, max_bytes=max_bytes)
         if self._is_async_get(plugin):
             get = _page_async(self.runner, plugin.get) if max_bytes > 0 else plugin.get
-            return Probe(functools.partial(get, ctx, job["meta"], cursor), False)
+            return Probe(functools.partial(get, ctx, job["meta"], cursor), False, key=key)
         get = functools.partial(_page, plugin.get) if max_bytes > 0 else plugin.get
-        return Probe(functools.partial(get, ctx, job["meta"], cursor), True)
+        glance = getattr(plugin, "glance", None)
+        return Probe(functools.partial(get, ctx, job["meta"], cursor), True,
+                     functools.partial(glance, ctx, job["meta"]) if glance else None, key)
 
     def _is_async_get(self, plugin) -> bool:
         """``inspect.iscoroutinefunction(plugin.get)``, asked once per plugin (a poll asks)."""
@@ -1108,6 +1122,11 @@ class Download:
 
 
 class Probe(NamedTuple):
-    """A plugin's ``get`` for one job and cursor; ``blocking``: run it in the executor."""
+    """A plugin's ``get`` for one job and cursor; ``blocking``: run it in the executor;
+    ``glance``: the plugin's cheap check of whether ``fn``'s answer may have changed (see
+    longpoll and TaskPlugin.glance), if it has one; ``key``: equal for probes that give
+    the same answer (one job, one cursor, one page size), which waiting fetches share."""
     fn: Callable[[], Any]
     blocking: bool
+    glance: Optional[Callable[[], Any]] = None
+    key: Any = None

@@ -201,3 +201,84 @@ def test_a_failing_glance_leaves_it_to_the_probe_and_an_async_probe_takes_none(r
 
     news, probes, glances = asyncio.run(main())
     assert news == 5 and probes == glances >= 4
+
+
+def test_waiters_with_one_key_share_one_glance_and_one_probe_per_look(runner):
+    """Ten fetches following one job from one cursor cost a look what one does."""
+    async def main():
+        polls = LongPolls(runner, INTERVAL_S, refresh_s=3600)
+        source = Glanced()
+        waits = [asyncio.ensure_future(
+            polls.wait(source.probe, True, lambda n: n > 0, 30, glance=source.glance,
+                       key=("job", ""), glance_key="job")) for _ in range(10)]
+        await looks(source, 6)
+        quiet = (source.probes, source.glances, runner.trips, any(w.done() for w in waits))
+        source.lines = 1
+        return quiet, await asyncio.gather(*waits), source.probes, source.glances, runner.trips
+
+    (probes_q, glances_q, trips_q, done_q), results, probes, glances, trips = asyncio.run(main())
+    assert probes_q == 1 and not done_q  # the first look probed once for all ten
+    assert glances_q <= trips_q  # one glance per look (not one per waiter)
+    assert results == [1] * 10 and probes == 2 and glances <= trips
+
+
+def test_a_waiter_joining_a_key_makes_the_next_look_probe_and_all_of_it_see_the_news(runner):
+    async def main():
+        polls = LongPolls(runner, INTERVAL_S, refresh_s=3600)
+        source = Glanced(glance=lambda: "misses every change")
+        first = asyncio.ensure_future(polls.wait(source.probe, True, lambda n: n > 0, 30,
+                                                 glance=source.glance, key="k"))
+        await looks(source, 3)
+        source.lines = 1  # unseen: the glance misses it, and refresh_s is an hour
+        await looks(source, source.glances + 3)
+        before = (first.done(), source.probes)
+        second = asyncio.ensure_future(polls.wait(source.probe, True, lambda n: n > 0, 30,
+                                                  glance=source.glance, key="k"))
+        return before, await first, await second, source.probes
+
+    (first_done, probes_before), first, second, probes = asyncio.run(main())
+    assert not first_done and probes_before == 1
+    assert first == second == 1 and probes == 2  # the joiner's look answered both
+
+
+def test_one_job_from_two_cursors_one_glance_two_probes_each_waiter_judges(runner):
+    """Keys differ (two cursors), the glance key is the same (one job): one glance per
+    look, a probe per key; an observation is news to a waiter by its own is_news."""
+    async def main():
+        polls = LongPolls(runner, INTERVAL_S, refresh_s=3600)
+        source = Glanced()
+        other = Glanced()
+
+        def wait(probe, is_news, key):
+            return asyncio.ensure_future(polls.wait(probe, True, is_news, 30,
+                                                    glance=source.glance, key=key,
+                                                    glance_key="job"))
+        a1 = wait(source.probe, lambda n: n >= 1, "from 0")
+        a2 = wait(source.probe, lambda n: n >= 2, "from 0")
+        b = wait(other.probe, lambda n: n >= 1, "from 1")
+        await looks(source, 4)
+        quiet = (source.probes, other.probes, source.glances, runner.trips)
+        other.lines = 1
+        source.lines = 1  # the shared glance changes: both keys probe
+        got_a1, got_b = await a1, await b
+        still = a2.done()
+        source.lines = 2
+        return quiet, got_a1, got_b, still, await a2
+
+    (probes_a, probes_b, glances, trips), a1, b, a2_done, a2 = asyncio.run(main())
+    assert probes_a == probes_b == 1 and glances <= trips
+    assert a1 == 1 and b == 1 and not a2_done and a2 == 2
+
+
+def test_a_probe_that_fails_fails_every_waiter_of_its_key(runner):
+    def broken():
+        raise ValueError("the job's files are gone")
+
+    async def main():
+        polls = LongPolls(runner, INTERVAL_S)
+        waits = [asyncio.ensure_future(polls.wait(broken, True, lambda n: True, 30, key="k"))
+                 for _ in range(3)]
+        return await asyncio.gather(*waits, return_exceptions=True), polls.waiting
+
+    results, left = asyncio.run(main())
+    assert [type(r) for r in results] == [ValueError] * 3 and left == 0

@@ -77,6 +77,13 @@ class TaskPlugin(abc.ABC):
     #: the store and every other replica serve it (``read_output``); None: only the
     #: replica running the job can answer for it
     output_file: Optional[str] = None
+    #: optional, for a plugin with a blocking ``get``: ``glance(ctx, meta)``, blocking and
+    #: much cheaper than ``get``, returning a value (compared with ==) that changes
+    #: whenever ``get``'s answer for any fixed cursor may have (e.g. the size of the
+    #: job's output file and whether its work lives). A fetch waiting for news then calls
+    #: ``get`` only when the glance changed, and at least once a second all the same
+    #: (longpoll.REFRESH_S). None: ``get`` is called at every look.
+    glance = None
 
     def read_output(self, ctx: TaskContext, cursor: str,
                     complete: bool) -> Tuple[Sequence[Dict[str, Any]], str, Optional[bool]]:

@@ -59,7 +59,7 @@ def _alive(pid: int) -> bool:
     if runner is not None:
         if runner.poll() is None:
             return True
-        del _runners[pid]
+        _runners.pop(pid, None)  # (another thread may have got here first)
         return False
     try:
         os.kill(pid, 0)
@@ -144,6 +144,20 @@ class ProcessPlugin(TaskPlugin):
             cursor=cursor,
             outputs=ended.get("outputs", {}) if ended else {},
         )
+
+    def glance(self, ctx: TaskContext, meta: Dict[str, Any]) -> tuple:
+        """For a waiting fetch (see TaskPlugin.glance): all that ``get``'s answer for a
+        given cursor depends on that changes by itself: the log's size (it is appended
+        to only), whether the status is written (once, atomically), whether the runner
+        lives (it writes the status, then exits; a cancel writes ``cancel``, kills, and
+        writes the status if the runner did not). Two stats and a waitpid, instead of
+        opening and reading files."""
+        try:
+            size = os.stat(os.path.join(ctx.workdir, "output.log")).st_size
+        except FileNotFoundError:
+            size = -1
+        return (size, os.path.exists(os.path.join(ctx.workdir, "status.json")),
+                _alive(meta["runner_pid"]))
 
     def delete(self, ctx: TaskContext, meta: Dict[str, Any]) -> None:
         files = _files(ctx)
