@@ -18,7 +18,9 @@ is stopped and ends FAILED with a message saying so, its output so far kept.
 """
 import json
 import os
+import math
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -75,6 +77,33 @@ def limit_files(max_bytes: int):
     return preexec
 
 
+def child_pidfd(pid: int):
+    """A descriptor that becomes readable when ``pid`` (a child of ours, not yet reaped)
+    exits, or None where there is none (Python < 3.9, Linux < 5.3, a filter that refuses
+    the call): then ``wait_child`` polls as Popen.wait does."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def wait_child(child: subprocess.Popen, timeout, pidfd=None):
+    """``child``'s exit code once it ended (reaped), or None if it still runs after
+    ``timeout`` seconds (None: no limit). With ``pidfd``, sleeps until the child ends or
+    the time is up, waking once; without, Popen.wait(timeout), which polls (sleeps of up
+    to 50 ms: ~45 wake-ups a second, ~0.3 % of a core per running job)."""
+    if pidfd is not None and timeout is not None:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(math.ceil(max(0.0, timeout) * 1000)):
+            return None
+        return child.wait()  # it has ended: this reaps it at once
+    try:
+        return child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def cap_message(max_bytes: int) -> str:
     return (f"output cap reached: the job's output may not exceed {max_bytes} bytes "
             f"(--max_output_bytes, or less when its owner's --max_output_bytes_per_user "
@@ -106,17 +135,16 @@ def main(argv: list) -> int:
         def capped() -> bool:
             return max_bytes > 0 and os.fstat(out.fileno()).st_size >= max_bytes
 
+        pidfd = child_pidfd(child.pid)
         deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
         while True:
             wait = CAP_CHECK_S if max_bytes > 0 else None
             if deadline is not None:
                 left = max(0.0, deadline - time.monotonic())
                 wait = left if wait is None else min(wait, left)
-            try:
-                code = child.wait(timeout=wait)
+            code = wait_child(child, wait, pidfd)
+            if code is not None:
                 break
-            except subprocess.TimeoutExpired:
-                pass
             if capped() or (deadline is not None and time.monotonic() >= deadline):
                 kill_group(child.pid)
                 child.wait()
