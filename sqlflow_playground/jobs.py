@@ -24,7 +24,7 @@ from .blocking import BlockingRunner
 from .errors import (BadRequest, Conflict, NotFound, PlaygroundError, QuotaExceeded,
                      Unavailable)
 from .identity import Identity
-from .longpoll import LongPolls
+from .longpoll import REFRESH_S, LongPolls
 from .plugins.base import (CANCELLED, FAILED, PENDING, RUNNING, STATUSES, SUCCEEDED, UNKNOWN,
                            TaskContext, TaskState, is_terminal)
 from .plugins.output import JsonLines
@@ -46,6 +46,9 @@ ENDED_CACHE_SIZE = 4096  # finished jobs whose end is known: see _remembered_end
 # another replica (a cancel) is seen here at most ROW_CACHE_S later. See _cached_row.
 ROW_CACHE_S = 1.0
 ROW_CACHE_SIZE = 4096
+# The ship tick (every SHIP_INTERVAL_S) reads a running job whose plugin has a glance only
+# when the glance changed since its last read, and at least this often all the same.
+SHIP_REFRESH_S = REFRESH_S
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,9 @@ class JobService:
         # KeyError) nor put back.
         self._shipping: Dict[str, List[int]] = {}
         self._ship_lock = threading.Lock()  # one shipper of a job's bytes at a time
+        # token -> (glance, when, read to the end) of the ship tick's last read of a job
+        # whose plugin has a glance: see _ship_some. Under _ship_lock.
+        self._ship_glances: Dict[str, tuple] = {}
         # tokens of jobs whose work is being stopped here: while it dies, what the plugin
         # sees (a runner gone, no status yet) is not the job's end, so the tick waits
         self._stopping: set = set()
@@ -503,28 +509,55 @@ class JobService:
 
     def _ship_some(self, tokens: List[str]):
         """Blocking: ship what each job wrote since the last tick; the store's status of
-        each; and what each plugin sees of its job (status only)."""
+        each; and what each plugin sees of its job (status only). A job whose plugin has a
+        glance that has not changed since a read that reached the end of its output (less
+        than SHIP_REFRESH_S ago) is not read: it wrote nothing and did not end."""
         seen: Dict[str, TaskState] = {}
         with self._ship_lock:  # all new output in one transaction, bounded in size
             chunks, budget = [], SHIP_TICK_TOTAL_BYTES
             shipped: Dict[str, List[int]] = {}
+            glances, now = self._ship_glances, time.monotonic()
+            for token in [t for t in glances if t not in self._shipping]:
+                del glances[token]
             for token in tokens:
                 job = self._running_here.get(token)
                 shipped_so_far = self._shipping.get(token)
                 if job is None or shipped_so_far is None or budget <= 0:
                     continue
                 plugin = self.registry.get(job["task_type"], job["version"])
+                ctx = self._context(job)
+                glanced = self._ship_glance(plugin, ctx, job["meta"])
+                last = glances.get(token)
+                if glanced is not None and last is not None and last[0] == glanced \
+                        and last[2] and now - last[1] < SHIP_REFRESH_S:
+                    continue  # nothing written nor ended since the last read to the end
                 if not inspect.iscoroutinefunction(plugin.get):
-                    seen[token] = plugin.get(self._context(job), job["meta"], "")
+                    seen[token] = plugin.get(ctx, job["meta"], "")
+                limit = min(SHIP_TICK_BYTES, budget)
                 new = new_output(os.path.join(self._workdir(token), plugin.output_file),
-                                 shipped_so_far[0], min(SHIP_TICK_BYTES, budget))
+                                 shipped_so_far[0], limit)
+                read = sum(len(data) for _, data in new)
                 chunks += [(token, offset, data) for offset, data in new]
-                budget -= sum(len(data) for _, data in new)
+                budget -= read
                 shipped[token] = shipped_so_far
+                if glanced is not None:  # taken before the reads: a later change shows
+                    glances[token] = (glanced, now, read < limit)
             self.store.append_output(chunks)
             for token, offset, data in chunks:
                 shipped[token][0] = offset + len(data)
         return self.store.job_statuses(tokens), seen
+
+    @staticmethod
+    def _ship_glance(plugin, ctx: TaskContext, meta: Dict[str, Any]) -> Any:
+        """Blocking: the plugin's glance at the job (see TaskPlugin.glance), or None when
+        it has none or it failed (then the job is read)."""
+        glance = getattr(plugin, "glance", None)
+        if glance is None or inspect.iscoroutinefunction(plugin.get):
+            return None
+        try:
+            return glance(ctx, meta)
+        except Exception:
+            return None
 
     def _ship_rest(self, job: Dict[str, Any]) -> int:
         """Blocking: ship all of the job's output not shipped yet; the output's size."""

@@ -193,3 +193,39 @@ def test_the_ship_tick_skips_a_job_concluded_while_it_runs_and_does_not_bring_it
     assert tokens[2] in jobs._shipping and seen[tokens[2]].status == "RUNNING"
     # the others' output went to the store all the same (one transaction for all)
     assert jobs.store.shipped_size(tokens[1]) == jobs.store.shipped_size(tokens[2]) == 3
+
+
+def test_the_ship_tick_reads_a_quiet_job_again_only_once_its_glance_changed(
+        jobs_server, alice, monkeypatch, tmp_path):
+    monkeypatch.setattr("sqlflow_playground.jobs.SHIP_REFRESH_S", 3600)
+    jobs = jobs_server.gateway.jobs
+    fifo = str(tmp_path / "feed")
+    os.mkfifo(fifo)
+    token = submit(alice, [PY, "-c", FIFO_SCRIPT, fifo])
+    first_line(alice, token)
+    me, reads = threading.get_ident(), []
+    get = ProcessPlugin.get
+
+    def counting_get(self, ctx, meta, cursor):
+        if threading.get_ident() == me:
+            reads.append(ctx.token)
+        return get(self, ctx, meta, cursor)
+
+    monkeypatch.setattr(ProcessPlugin, "get", counting_get)
+    log = os.path.join(jobs._workdir(token), "output.log")
+    for _ in range(5):
+        statuses, seen = jobs._ship_some([token])
+    quiet = (len(reads), jobs.store.shipped_size(token))
+    with open_fifo(fifo) as feed:
+        feed.write("second\n")
+        feed.flush()
+        wait_until(lambda: os.path.getsize(log) > quiet[1], "the line written")
+        jobs._ship_some([token])
+        after_line = (len(reads), jobs.store.shipped_size(token))
+    wait_until(lambda: os.path.exists(os.path.join(jobs._workdir(token), "status.json")),
+               "the job's end")
+    statuses, seen = jobs._ship_some([token])
+
+    assert quiet == (1, len("first\n"))  # read once, then glanced at only
+    assert after_line == (2, len("first\nsecond\n"))
+    assert len(reads) == 3 and seen[token].status == "SUCCEEDED"
