@@ -12,10 +12,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .accesslog import AccessLine
+from .accesslog import AccessLine, AccessRecord
 from .config import Config, ConfigError, effective_settings, load_config
 from .errors import PlaygroundError
 from .server import Gateway
@@ -72,12 +73,21 @@ def _access_fields(record: logging.LogRecord) -> Optional[Dict[str, Any]]:
     return fields if isinstance(fields, dict) else None
 
 
+# json.dumps(doc, default=str, ensure_ascii=False) builds this encoder anew per call.
+_encode_json = json.JSONEncoder(default=str, ensure_ascii=False).encode
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``ts`` (UTC, ISO 8601), ``level``, ``logger``, the
     event's own fields (an access line's, or ``extra={"fields": {...}}``), then ``msg``
     last (so a line ends with what it says)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        if type(record) is AccessRecord and record.msg.fields and not record.exc_info:
+            # An access line (one per request): the same text as below, with only its
+            # fields encoded (the head's values are known to need no escaping).
+            return redact(f'{{"ts": "{_iso(record.created)}", "level": "{record.levelname}", '
+                          f'"logger": "{record.name}", ' + _encode_json(record.msg.fields)[1:])
         doc: Dict[str, Any] = {"ts": _iso(record.created), "level": record.levelname,
                                "logger": record.name}
         access = _access_fields(record)
@@ -88,7 +98,7 @@ class JsonFormatter(logging.Formatter):
             doc["exc"] = self.formatException(record.exc_info)
         if access is None:  # a message whose values are all fields may say less here
             doc["msg"] = getattr(record, "json_msg", None) or record.getMessage()
-        return redact(json.dumps(doc, default=str, ensure_ascii=False))
+        return redact(_encode_json(doc))
 
 
 class TextFormatter(logging.Formatter):
@@ -111,9 +121,68 @@ class TextFormatter(logging.Formatter):
         return redact(line)
 
 
+class TurnBatchingStreamHandler(logging.StreamHandler):
+    """A StreamHandler that writes the INFO and DEBUG lines logged on the event loop's
+    thread together, at the end of the loop's turn, rather than one write per line: under
+    load a turn answers several requests, and their access lines cost one write. Lines at
+    WARNING and above, lines from other threads, and any line before ``attach()`` is called
+    are written at once, with whatever is pending ahead of them, so order is kept. A kill -9
+    can lose the lines of the turn it interrupts, nothing older; ``logging.shutdown()``
+    (at exit) writes what is pending."""
+
+    def __init__(self, stream: Any = None):
+        super().__init__(stream)
+        self._pending: List[str] = []
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop_thread: Optional[int] = None
+        self._flush_scheduled = False
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Defer the lines logged on ``loop``'s thread (call it on that thread)."""
+        self._loop, self._loop_thread = loop, threading.get_ident()
+
+    def detach(self) -> None:
+        self.flush()
+        self._loop = self._loop_thread = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._pending.append(self.format(record) + self.terminator)
+        except Exception:  # pylint: disable=broad-except
+            self.handleError(record)
+            return
+        if self._flush_scheduled:
+            return
+        if record.levelno < logging.WARNING and self._loop is not None \
+                and threading.get_ident() == self._loop_thread:
+            try:
+                self._loop.call_soon(self.flush)
+                self._flush_scheduled = True
+                return
+            except RuntimeError:  # the loop is closed: write now
+                pass
+        self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._flush_scheduled = False
+            if self._pending:
+                text = "".join(self._pending)
+                self._pending.clear()
+                try:
+                    self.stream.write(text)
+                except (OSError, ValueError):  # stderr gone or closed: nothing to tell
+                    return
+            super().flush()
+
+
+def _batching_handlers() -> List[TurnBatchingStreamHandler]:
+    return [h for h in logging.getLogger().handlers if isinstance(h, TurnBatchingStreamHandler)]
+
+
 def setup_logging(level: str, log_format: str = "json") -> None:
     """Every logger, access lines included, to stderr in one format."""
-    handler = logging.StreamHandler()
+    handler = TurnBatchingStreamHandler()
     handler.setFormatter(TextFormatter() if log_format == "text" else JsonFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     access = logging.getLogger(ACCESS_LOGGER)
@@ -178,12 +247,18 @@ async def serve(config: Config, on_started: Optional[Callable[[Gateway], None]] 
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, gateway.reload_tls)
+    for handler in _batching_handlers():
+        handler.attach(loop)  # a turn's access lines in one write
     if on_started:
         on_started(gateway)
-    await stopping.wait()
-    log.info("stopping")
-    await gateway.stop()
-    log.info("stopped")
+    try:
+        await stopping.wait()
+        log.info("stopping")
+        await gateway.stop()
+        log.info("stopped")
+    finally:
+        for handler in _batching_handlers():
+            handler.detach()
 
 
 def find_gen_cert() -> str:
