@@ -151,10 +151,10 @@ class TurnBatchingStreamHandler(logging.StreamHandler):
         except Exception:  # pylint: disable=broad-except
             self.handleError(record)
             return
-        if self._flush_scheduled:
-            return
         if record.levelno < logging.WARNING and self._loop is not None \
                 and threading.get_ident() == self._loop_thread:
+            if self._flush_scheduled:
+                return
             try:
                 self._loop.call_soon(self.flush)
                 self._flush_scheduled = True

@@ -501,7 +501,13 @@ class GatewayHTTPServer(HTTPServer):
         super().on_close(server_conn)
 
     def start_request(self, server_conn: Any, request_conn: httputil.HTTPConnection) -> Any:
-        return _InputErrorsAsJSON(super().start_request(server_conn, request_conn), request_conn)
+        delegate = super().start_request(server_conn, request_conn)
+        # A route the application answers before routing (handlers/beat_fast_path.py),
+        # falling back to the application's own delegate for anything else.
+        fast_path = getattr(self.request_callback, "settings", {}).get("fast_path")
+        if fast_path is not None:
+            delegate = fast_path(self.request_callback, request_conn, delegate)
+        return _InputErrorsAsJSON(delegate, request_conn)
 
     # -- the sweeper -----------------------------------------------------------
 

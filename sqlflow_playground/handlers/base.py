@@ -1,6 +1,7 @@
 """What every API route shares: identity, JSON bodies with a size limit, JSON errors."""
 import json
 import logging
+import ssl
 from http import HTTPStatus
 from typing import Any, Dict, Optional
 
@@ -72,19 +73,9 @@ class APIHandler(tornado.web.RequestHandler):
             self._body = bytearray()
 
     def _resolve_identity(self) -> Identity:
-        """The certificate's identity, parsed once per connection, not once per request."""
-        stream = getattr(self.request.connection, "stream", None)
-        cached = getattr(stream, "sfp_identity", None)
-        if cached is not None:
-            return cached
-        if self.settings.get("insecure"):
-            return INSECURE_IDENTITY
-        cert = self.request.get_ssl_certificate()
-        if not cert:  # unreachable with CERT_REQUIRED; kept as a second lock
+        identity = connection_identity(self.request.connection, self.settings)
+        if identity is None:  # unreachable with CERT_REQUIRED; kept as a second lock
             raise tornado.web.HTTPError(403, "a client certificate is required")
-        identity = identity_from_cert(cert, self.settings.get("frontend_certs", ()))
-        if stream is not None:
-            stream.sfp_identity = identity
         return identity
 
     # -- bodies ----------------------------------------------------------------
@@ -133,6 +124,26 @@ class APIHandler(tornado.web.RequestHandler):
         if isinstance(value, (PlaygroundError, tornado.web.HTTPError)):
             return  # expected; the access log records the status
         super().log_exception(typ, value, tb)
+
+
+def connection_identity(connection: Any, settings: Dict[str, Any]) -> Optional[Identity]:
+    """The identity of the certificate a connection presented, parsed once per connection,
+    not once per request; the anonymous frontend under ``--insecure``; None without one."""
+    stream = getattr(connection, "stream", None)
+    cached = getattr(stream, "sfp_identity", None)
+    if cached is not None:
+        return cached
+    if settings.get("insecure"):
+        return INSECURE_IDENTITY
+    try:
+        cert = stream.socket.getpeercert()
+    except (AttributeError, ValueError, ssl.SSLError):  # not a TLS socket, or closed
+        return None
+    if not cert:
+        return None
+    identity = identity_from_cert(cert, settings.get("frontend_certs", ()))
+    stream.sfp_identity = identity
+    return identity
 
 
 class _NonFinite(str):

@@ -1,0 +1,157 @@
+"""``GET /api/heart_beat`` answered where the HTTP request is parsed, not by a RequestHandler.
+
+The heart beat is the request every notebook sends every few seconds, so it is most of what
+a gateway answers. Through the Application, Tornado spends more on it than the beat itself
+costs: matching ~40 routes, building a handler (its header defaults, a Date string), the
+body-streaming steps of our handlers, its flush. Here the same answer is made with none of
+that: the same identity rules, the same body and headers (Server, Content-Type, Date,
+X-Request-Id, Content-Length), the same metrics, dashboard count and access line.
+
+Only the plain case is taken: GET of exactly ``/api/heart_beat`` with no query or
+``user_id=ID`` alone, no body, a certificate (not ``--insecure``), and a caller allowed to
+act for that user. Everything else (HEAD, a body, another query, an error to answer) goes to
+the Application untouched, which answers it as it always has.
+"""
+import json
+import re
+import time
+from typing import Any, Optional
+
+import tornado
+from tornado import httputil
+
+from ..accesslog import REQUEST_ID_HEADER, request_id_for
+from ..errors import PlaygroundError
+from .base import connection_identity
+from .db import lost_message
+
+ROUTE = "/api/heart_beat"
+# The raw query the fast path takes; anything else (escapes, other fields, a repeated
+# user_id) is left to the Application's parser.
+PLAIN_QUERY = re.compile(r"(?:user_id=([A-Za-z0-9][A-Za-z0-9_.@-]{0,62}))?")
+SERVER = "TornadoServer/%s" % tornado.version
+JSON_TYPE = "application/json; charset=UTF-8"
+OK = httputil.ResponseStartLine("HTTP/1.1", 200, "OK")
+
+_date: Any = (0, "")  # (second, its HTTP date): one format per second, not per request
+
+
+def http_date(now: float) -> str:
+    global _date
+    second, text = _date
+    if int(now) != second:
+        text = httputil.format_timestamp(now)
+        _date = (int(now), text)
+    return text
+
+
+# Tornado's own test of a Host header (HTTPServerRequest), where this version has one.
+_VALID_HOST = getattr(getattr(httputil, "_ABNF", None), "host", None)
+
+
+def _plain_host(headers: httputil.HTTPHeaders) -> bool:
+    """One well-formed Host header: a request without (or with a bad one) is Tornado's to
+    refuse, with the JSON 400 of connections.py."""
+    host = headers.get("Host")
+    if not host or "," in host:
+        return False
+    return _VALID_HOST is None or _VALID_HOST.fullmatch(host) is not None
+
+
+class _Request:
+    """What the access line and the dashboard read of a request."""
+
+    __slots__ = ("method", "path", "remote_ip", "_start")
+
+    def __init__(self, path: str, remote_ip: str, start: float):
+        self.method, self.path, self.remote_ip, self._start = "GET", path, remote_ip, start
+
+    def request_time(self) -> float:
+        return time.time() - self._start
+
+
+class BeatFastPath(httputil.HTTPMessageDelegate):
+    """One request on a connection: a plain heart beat answered here, anything else handed
+    to ``fallback`` (the Application's delegate) from its first byte on."""
+
+    route = ROUTE
+    empty_wait = False
+
+    def __init__(self, app: Any, connection: Any, fallback: httputil.HTTPMessageDelegate):
+        self.app = app
+        self.connection = connection
+        self.fallback = fallback
+        self.passing: Optional[httputil.HTTPMessageDelegate] = None
+        self.request: Optional[_Request] = None
+        self.identity: Any = None
+        self.request_id: Optional[str] = None
+        self.body = b""
+
+    # -- what log_request and the dashboard read, as of a RequestHandler -------------------
+
+    def get_status(self) -> int:
+        return 200
+
+    # -- HTTPMessageDelegate -----------------------------------------------------------------
+
+    def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
+        if not self._answer(start_line, headers):
+            self.passing = self.fallback
+            return self.fallback.headers_received(start_line, headers)
+        return None
+
+    def data_received(self, chunk: bytes) -> Any:
+        if self.passing is not None:
+            return self.passing.data_received(chunk)
+        return None  # unreachable: a request with a body is passed on
+
+    def finish(self) -> None:
+        if self.passing is not None:
+            self.passing.finish()
+            return
+        self.connection.write_headers(OK, httputil.HTTPHeaders({
+            "Server": SERVER, "Content-Type": JSON_TYPE, "Date": http_date(time.time()),
+            REQUEST_ID_HEADER: self.request_id, "Content-Length": str(len(self.body)),
+        }), self.body)
+        self.connection.finish()
+        settings = self.app.settings
+        metrics = settings.get("metrics")
+        if metrics is not None:
+            metrics.observe_request(ROUTE, "GET", 200, self.request.request_time())
+        log_function = settings.get("log_function")
+        if log_function is not None:
+            log_function(self)
+
+    def on_connection_close(self) -> None:
+        if self.passing is not None:
+            self.passing.on_connection_close()
+
+    def _answer(self, start_line: Any, headers: httputil.HTTPHeaders) -> bool:
+        """Make the answer of a plain heart beat; False for anything the Application takes."""
+        if start_line.method != "GET" or "Content-Length" in headers \
+                or "Transfer-Encoding" in headers or not _plain_host(headers):
+            return False
+        path, _, query = start_line.path.partition("?")
+        match = PLAIN_QUERY.fullmatch(query)
+        if path != ROUTE or match is None:
+            return False
+        start = time.time()
+        settings = self.app.settings
+        try:
+            identity = connection_identity(self.connection, settings)
+            user_id = identity.act_for(match.group(1))
+        except PlaygroundError:
+            return False  # the Application answers it, with its JSON error
+        if identity is None:
+            return False
+        playground = settings["playground"]
+        status = playground.heart_beat(user_id)
+        answer = {"user_id": user_id, "status": status,
+                  "idle_timeout_s": playground.idle_timeout_s}
+        if status != "ok":
+            answer["message"] = lost_message()
+        self.body = json.dumps(answer).encode()
+        self.identity = identity
+        self.request_id = request_id_for(headers)
+        self.request = _Request(path, self.connection.context.remote_ip, start)
+        return True
