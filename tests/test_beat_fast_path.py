@@ -176,3 +176,36 @@ def test_a_pending_line_is_written_when_logging_shuts_down():
     handler.attach(loop)
     handler.handle(info("closed loop"))  # a closed loop cannot defer: written at once
     assert '"msg": "closed loop"' in stream.writes[-1]
+
+
+# -- the identity of a certificate, parsed once per certificate ---------------------------
+
+class FakeTLS:
+    def __init__(self, der, cn):
+        self.der, self.cn, self.decoded = der, cn, 0
+
+    def getpeercert(self, binary_form=False):
+        if binary_form:
+            return self.der
+        self.decoded += 1
+        return {"subject": ((("commonName", self.cn),),)}
+
+
+def test_a_certificate_seen_before_is_not_decoded_again_and_the_frontend_list_counts():
+    import types
+    from sqlflow_playground.handlers.base import connection_identity
+
+    def connect(tls):
+        return types.SimpleNamespace(stream=types.SimpleNamespace(socket=tls))
+    first = FakeTLS(b"der-of-carol-1", "carol")
+    assert connection_identity(connect(first), {}).name == "carol"
+    again = FakeTLS(b"der-of-carol-1", "carol")
+    identity = connection_identity(connect(again), {})
+    assert (identity.name, identity.is_frontend, again.decoded) == ("carol", False, 0)
+    # the same bytes under another --frontend_certs: parsed anew, a frontend now
+    listed = FakeTLS(b"der-of-carol-1", "carol")
+    identity = connection_identity(connect(listed), {"frontend_certs": ("carol",)})
+    assert (identity.is_frontend, listed.decoded) == (True, 1)
+    other = FakeTLS(b"der-of-dave", "dave")
+    assert connection_identity(connect(other), {}).name == "dave" and other.decoded == 1
+    assert connection_identity(connect(FakeTLS(b"", "x")), {}) is None  # no certificate

@@ -136,14 +136,29 @@ def connection_identity(connection: Any, settings: Dict[str, Any]) -> Optional[I
     if settings.get("insecure"):
         return INSECURE_IDENTITY
     try:
-        cert = stream.socket.getpeercert()
+        der = stream.socket.getpeercert(binary_form=True)
+        if not der:
+            return None
+        frontend_names = settings.get("frontend_certs", ())
+        key = (der, tuple(frontend_names))
+        identity = _identity_by_cert.get(key)
+        if identity is None:  # parse the certificate only the first time it is seen
+            identity = identity_from_cert(stream.socket.getpeercert(), frontend_names)
+            if len(_identity_by_cert) >= MAX_CACHED_IDENTITIES:
+                _identity_by_cert.clear()
+            _identity_by_cert[key] = identity
     except (AttributeError, ValueError, ssl.SSLError):  # not a TLS socket, or closed
         return None
-    if not cert:
-        return None
-    identity = identity_from_cert(cert, settings.get("frontend_certs", ()))
     stream.sfp_identity = identity
     return identity
+
+
+# A certificate's identity by its DER bytes: a user who connects again (a new connection per
+# beat, say) costs a dictionary look-up, not a decode of the certificate. The handshake has
+# verified the certificate (and checked the CRL) before this is asked; what is cached is
+# only what its subject says, which cannot change for the same bytes.
+MAX_CACHED_IDENTITIES = 4096
+_identity_by_cert: Dict[Any, Identity] = {}
 
 
 class _NonFinite(str):
