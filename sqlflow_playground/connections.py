@@ -502,7 +502,7 @@ class GatewayHTTPServer(HTTPServer):
 
     def start_request(self, server_conn: Any, request_conn: httputil.HTTPConnection) -> Any:
         delegate = super().start_request(server_conn, request_conn)
-        # A route the application answers before routing (handlers/beat_fast_path.py),
+        # A route the application answers before routing (handlers/fast_path.py),
         # falling back to the application's own delegate for anything else.
         fast_path = getattr(self.request_callback, "settings", {}).get("fast_path")
         if fast_path is not None:

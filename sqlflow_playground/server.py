@@ -21,7 +21,7 @@ from .errors import Unavailable
 from .handlers import NotFoundHandler, all_handlers, route_templates
 from .handlers import ui
 from .handlers.base import DISCARD_LIMIT_BYTES
-from .handlers.beat_fast_path import BeatFastPath
+from .handlers.fast_path import FastPath
 from .handlers.health import make_health_app
 from .handlers.meta import make_metrics_app
 from .jobs import JobService, JobSettings
@@ -53,7 +53,7 @@ def make_app(config: Config, playground: PlaygroundService, jobs: JobService,
         routes={**route_templates(), **ui.route_templates()},
         openapi=json.dumps(build_spec()),
         log_function=activity.wrap(log_request),
-        fast_path=BeatFastPath,  # GET /api/heart_beat before routing (connections.py)
+        fast_path=FastPath,  # heart beats and plugin polls before routing (connections.py)
         # The dashboard: its templates; its XSRF cookie, checked by its POST routes only
         # (the JSON API takes no cookies). Its static files are served by its own route
         # under /ui/static/, not static_path (which would add /favicon.ico, /robots.txt).

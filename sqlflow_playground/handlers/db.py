@@ -43,7 +43,7 @@ class CreateDBHandler(PlaygroundHandler):
 
 class HeartBeatHandler(PlaygroundHandler):
     """The plain case (GET, ``user_id`` alone, no body) is answered before routing, by
-    beat_fast_path.BeatFastPath, with the same answer; this handler takes the rest."""
+    fast_path.FastPath, with the same answer; this handler takes the rest."""
 
     def get(self) -> None:
         user_id = self.identity.act_for(self.query("user_id"))
@@ -55,7 +55,7 @@ class HeartBeatHandler(PlaygroundHandler):
 
 
 def lost_message() -> str:
-    """What a heart beat says of a database known to be gone (here and in beat_fast_path)."""
+    """What a heart beat says of a database known to be gone (here and in fast_path)."""
     return ("the database is lost (its pod is gone or failed); "
             "POST /api/create_db for a new one")
 

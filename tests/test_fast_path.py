@@ -1,5 +1,5 @@
-"""GET /api/heart_beat answered before routing (handlers/beat_fast_path.py) says exactly what
-HeartBeatHandler says, and everything but the plain case still reaches the handler."""
+"""Heart beats and plugin polls answered before routing (handlers/fast_path.py) say exactly
+what their handlers say, and everything but the plain case still reaches the handlers."""
 import asyncio
 import io
 import logging
@@ -9,20 +9,19 @@ import time
 import pytest
 
 from sqlflow_playground.cli import JsonFormatter, TurnBatchingStreamHandler
-from sqlflow_playground.handlers.beat_fast_path import BeatFastPath
+from sqlflow_playground.handlers.fast_path import FastPath
 
 
 @pytest.fixture
 def fast_answers(monkeypatch):
-    """How many requests the fast path answered itself (the server runs in this process)."""
+    """The paths the fast path answered itself (the server runs in this process)."""
     answered = []
-    finish = BeatFastPath.finish
+    respond = FastPath._respond
 
     def counting(self):
-        if self.passing is None:
-            answered.append(self.request.path)
-        finish(self)
-    monkeypatch.setattr(BeatFastPath, "finish", counting)
+        answered.append(self.request.path)
+        respond(self)
+    monkeypatch.setattr(FastPath, "_respond", counting)
     return answered
 
 
@@ -46,7 +45,7 @@ def comparable(response):
     ("front", "/api/heart_beat?user_id=zoe", "/api/heart_beat?user_id=zoe&x=1"),
     ("alice", "/api/heart_beat?user_id=a.b@c-d_e", "/api/heart_beat?user_id=a.b%40c-d_e"),
 ])
-def test_the_fast_answer_is_the_handlers_answer(fetch_as, fast_answers, who, fast, routed):
+def test_the_fast_beat_is_the_handlers_beat(fetch_as, fast_answers, who, fast, routed):
     client = fetch_as(who)
     if who == "alice" and "a.b" in fast:
         client = fetch_as("front")  # acting for another user takes a frontend
@@ -209,3 +208,36 @@ def test_a_certificate_seen_before_is_not_decoded_again_and_the_frontend_list_co
     other = FakeTLS(b"der-of-dave", "dave")
     assert connection_identity(connect(other), {}).name == "dave" and other.decoded == 1
     assert connection_identity(connect(FakeTLS(b"", "x")), {}) is None  # no certificate
+
+
+# -- the plugin door's poll ---------------------------------------------------------------
+
+SLOW_HELLO = {"spec": {"name": "Ann", "times": 1000, "interval_s": 60}}
+
+
+def test_a_fast_poll_is_the_handlers_poll_and_anything_else_is_the_handlers(fetch_as,
+                                                                           fast_answers):
+    alice, bob = fetch_as("alice"), fetch_as("bob")
+    job_id = alice("POST", "/plugins/v1/hello/v1", SLOW_HELLO).body["job_id"]
+    path = f"/plugins/v1/hello/v1/{job_id}"
+    quick = alice("GET", path)
+    assert fast_answers == [path]
+    routed = alice("GET", path + "?x=1")  # a query: the handler's, which ignores it
+    assert comparable(quick) == comparable(routed)
+    assert quick.body["job_id"] == job_id and quick.body["job_state"] == "RUNNING"
+    assert set(quick.body) == {"job_id", "job_state", "message", "outputs", "log_links"}
+    # refused ones go to the handler, which says why, and nothing is answered here
+    for who, other_path, status in [
+            (bob, path, 404),                                          # not bob's
+            (alice, f"/plugins/v1/hello/v2/{job_id}", 404),            # another version
+            (alice, f"/plugins/v1/process/v1/{job_id}", 404),          # another type
+            (alice, "/plugins/v1/hello/v1/" + "A" * 32, 404)]:         # no such job
+        response = who("GET", other_path)
+        assert response.status == status, (other_path, response.body)
+        assert response.body["error"]["code"] == "not_found"
+        assert response.headers["X-Request-Id"]
+    assert fast_answers == [path]
+    cancelled = alice("DELETE", path)  # DELETE is the handler's
+    assert cancelled.body["job_state"] == "CANCELLED" and fast_answers == [path]
+    assert alice("GET", path).body["job_state"] == "CANCELLED"
+    assert fast_answers == [path, path]

@@ -1,17 +1,22 @@
-"""``GET /api/heart_beat`` answered where the HTTP request is parsed, not by a RequestHandler.
+"""The two requests sent most often, answered where the HTTP request is parsed, not by a
+RequestHandler: ``GET /api/heart_beat`` and the plugin door's poll
+``GET /plugins/v1/{task_type}/{version}/{job_id}``.
 
-The heart beat is the request every notebook sends every few seconds, so it is most of what
-a gateway answers. Through the Application, Tornado spends more on it than the beat itself
+The heart beat is the request every notebook sends every few seconds, and a poll what
+every Flyte-style caller repeats while its job runs: most of what a gateway answers. Through the Application, Tornado spends more on it than the beat itself
 costs: matching ~40 routes, building a handler (its header defaults, a Date string), the
 body-streaming steps of our handlers, its flush. Here the same answer is made with none of
 that: the same identity rules, the same body and headers (Server, Content-Type, Date,
 X-Request-Id, Content-Length), the same metrics, dashboard count and access line.
 
 Only the plain case is taken: GET of exactly ``/api/heart_beat`` with no query or
-``user_id=ID`` alone, no body, a certificate (not ``--insecure``), and a caller allowed to
-act for that user. Everything else (HEAD, a body, another query, an error to answer) goes to
-the Application untouched, which answers it as it always has.
+``user_id=ID`` alone, or of a poll path with no query; no body, one valid Host, a
+certificate (not ``--insecure``), and a caller allowed to act for that user. Everything
+else (HEAD, a body, another query, an error to answer: a job that is not the caller's, of
+another type, a refusal of the job service) goes to the Application, which answers it as
+it always has (a poll that fails here is asked again there, and fails there the same way).
 """
+import asyncio
 import json
 import re
 import time
@@ -19,13 +24,18 @@ from typing import Any, Optional
 
 import tornado
 from tornado import httputil
+from tornado.iostream import StreamClosedError
 
 from ..accesslog import REQUEST_ID_HEADER, request_id_for
 from ..errors import PlaygroundError
 from .base import connection_identity
 from .db import lost_message
+from .jobs import TOKEN_PATTERN
+from .plugins import NAME
 
 ROUTE = "/api/heart_beat"
+POLL_ROUTE = "/plugins/v1/{task_type}/{version}/{job_id}"
+POLL_PATH = re.compile(rf"/plugins/v1/{NAME}/{NAME}/{TOKEN_PATTERN}")
 # The raw query the fast path takes; anything else (escapes, other fields, a repeated
 # user_id) is left to the Application's parser.
 PLAIN_QUERY = re.compile(r"(?:user_id=([A-Za-z0-9][A-Za-z0-9_.@-]{0,62}))?")
@@ -70,11 +80,10 @@ class _Request:
         return time.time() - self._start
 
 
-class BeatFastPath(httputil.HTTPMessageDelegate):
-    """One request on a connection: a plain heart beat answered here, anything else handed
-    to ``fallback`` (the Application's delegate) from its first byte on."""
+class FastPath(httputil.HTTPMessageDelegate):
+    """One request on a connection: a plain heart beat or poll answered here, anything else
+    handed to ``fallback`` (the Application's delegate)."""
 
-    route = ROUTE
     empty_wait = False
 
     def __init__(self, app: Any, connection: Any, fallback: httputil.HTTPMessageDelegate):
@@ -85,7 +94,10 @@ class BeatFastPath(httputil.HTTPMessageDelegate):
         self.request: Optional[_Request] = None
         self.identity: Any = None
         self.request_id: Optional[str] = None
+        self.route = ROUTE
         self.body = b""
+        self.poll: Optional[tuple] = None  # (task_type, version, job_id) of a poll
+        self.received: Optional[tuple] = None  # (start_line, headers), to pass on later
 
     # -- what log_request and the dashboard read, as of a RequestHandler -------------------
 
@@ -108,7 +120,14 @@ class BeatFastPath(httputil.HTTPMessageDelegate):
     def finish(self) -> None:
         if self.passing is not None:
             self.passing.finish()
-            return
+        elif self.poll is not None:
+            task = asyncio.ensure_future(self._answer_poll())
+            _running.add(task)
+            task.add_done_callback(_running.discard)
+        else:
+            self._respond()
+
+    def _respond(self) -> None:
         self.connection.write_headers(OK, httputil.HTTPHeaders({
             "Server": SERVER, "Content-Type": JSON_TYPE, "Date": http_date(time.time()),
             REQUEST_ID_HEADER: self.request_id, "Content-Length": str(len(self.body)),
@@ -117,7 +136,7 @@ class BeatFastPath(httputil.HTTPMessageDelegate):
         settings = self.app.settings
         metrics = settings.get("metrics")
         if metrics is not None:
-            metrics.observe_request(ROUTE, "GET", 200, self.request.request_time())
+            metrics.observe_request(self.route, "GET", 200, self.request.request_time())
         log_function = settings.get("log_function")
         if log_function is not None:
             log_function(self)
@@ -127,23 +146,35 @@ class BeatFastPath(httputil.HTTPMessageDelegate):
             self.passing.on_connection_close()
 
     def _answer(self, start_line: Any, headers: httputil.HTTPHeaders) -> bool:
-        """Make the answer of a plain heart beat; False for anything the Application takes."""
+        """Make the answer of a plain heart beat, or take a plain poll (answered once the
+        request has been read); False for anything the Application takes."""
         if start_line.method != "GET" or "Content-Length" in headers \
                 or "Transfer-Encoding" in headers or not _plain_host(headers):
             return False
         path, _, query = start_line.path.partition("?")
-        match = PLAIN_QUERY.fullmatch(query)
-        if path != ROUTE or match is None:
+        if path == ROUTE:
+            poll, beat = None, PLAIN_QUERY.fullmatch(query)
+        else:
+            poll, beat = (None if query else POLL_PATH.fullmatch(path)), None
+        if poll is None and beat is None:
             return False
         start = time.time()
         settings = self.app.settings
         try:
             identity = connection_identity(self.connection, settings)
-            user_id = identity.act_for(match.group(1))
+            if identity is None:
+                return False
+            # a poll's owner is checked by the job service (JobService.status)
+            user_id = identity.act_for(beat.group(1)) if beat else None
         except PlaygroundError:
             return False  # the Application answers it, with its JSON error
-        if identity is None:
-            return False
+        self.identity = identity
+        self.request_id = request_id_for(headers)
+        self.request = _Request(path, self.connection.context.remote_ip, start)
+        if poll:
+            self.route, self.poll = POLL_ROUTE, poll.groups()
+            self.received = (start_line, headers)
+            return True
         playground = settings["playground"]
         status = playground.heart_beat(user_id)
         answer = {"user_id": user_id, "status": status,
@@ -151,7 +182,31 @@ class BeatFastPath(httputil.HTTPMessageDelegate):
         if status != "ok":
             answer["message"] = lost_message()
         self.body = json.dumps(answer).encode()
-        self.identity = identity
-        self.request_id = request_id_for(headers)
-        self.request = _Request(path, self.connection.context.remote_ip, start)
         return True
+
+    async def _answer_poll(self) -> None:
+        """The poll's answer, as PluginJobHandler.get makes it; on anything but a job of the
+        caller's of this type and version, the Application answers instead."""
+        task_type, version, job_id = self.poll
+        try:
+            job = await self.app.settings["jobs"].status(self.identity, job_id)
+        except Exception:  # pylint: disable=broad-except  # the Application says what
+            job = None
+        if job is None or (job["task_type"], job["version"]) != (task_type, version):
+            self.passing = self.fallback
+            start_line, headers = self.received
+            received = self.fallback.headers_received(start_line, headers)
+            if received is not None:
+                await received
+            self.fallback.finish()
+            return
+        self.body = json.dumps({"job_id": job_id, "job_state": job["status"],
+                                "message": job["message"], "outputs": job["outputs"] or {},
+                                "log_links": []}).encode()
+        try:
+            self._respond()
+        except StreamClosedError:
+            pass  # the caller left meanwhile
+
+
+_running: set = set()  # polls being answered (a task needs a reference to be kept)
