@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from conftest import client_context, wait_until
+from conftest import client_context, missing, wait_until
 from sqlflow_playground import jobs
 from sqlflow_playground.plugins.base import SUCCEEDED, TaskPlugin, TaskState
 
@@ -201,14 +201,13 @@ PROBE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
 def test_freed_page_buffers_are_given_back_to_the_system(tmp_path):
     try:
         glibc = os.confstr("CS_GNU_LIBC_VERSION")
     except (ValueError, OSError):
         glibc = None
-    if not glibc:
-        pytest.skip("not glibc: mallopt is glibc's")
+    if not sys.platform.startswith("linux") or not glibc:
+        missing("Linux with glibc (mallopt and /proc)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
                          text=True, check=True).stdout.split()

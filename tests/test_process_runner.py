@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from conftest import missing
 from sqlflow_playground.plugins import process_runner
 from sqlflow_playground.plugins.process_runner import child_pidfd, wait_child
 
@@ -22,7 +23,13 @@ def _has_pidfd() -> bool:
 
 
 HAS_PIDFD = _has_pidfd()
-needs_pidfd = pytest.mark.skipif(not HAS_PIDFD, reason="no pidfd_open here")
+NO_PIDFD = "no pidfd_open here (Linux >= 5.3 and Python >= 3.9 have it)"
+
+
+def need_pidfd() -> None:
+    """This machine must have pidfds: under CI=true (Linux) a missing one fails."""
+    if not HAS_PIDFD:
+        missing(NO_PIDFD)
 
 
 @pytest.fixture
@@ -45,8 +52,8 @@ def waitpids(monkeypatch):
     return calls
 
 
-@needs_pidfd
 def test_waiting_for_a_running_command_with_a_pidfd_does_not_poll(sleeper, waitpids):
+    need_pidfd()
     pidfd = child_pidfd(sleeper.pid)
     try:
         assert wait_child(sleeper, 0.3, pidfd) is None
@@ -60,7 +67,7 @@ def test_waiting_for_a_running_command_with_a_pidfd_does_not_poll(sleeper, waitp
 @pytest.mark.parametrize("use_pidfd", [True, False])
 def test_an_ended_command_is_reaped_and_its_code_returned(use_pidfd):
     if use_pidfd and not HAS_PIDFD:
-        pytest.skip("no pidfd_open here")
+        need_pidfd()
     child = subprocess.Popen([PY, "-c", "import sys; sys.exit(3)"])
     pidfd = child_pidfd(child.pid) if use_pidfd else None
     try:
@@ -98,7 +105,7 @@ def run_runner(tmp_path, command, timeout_s=0, max_bytes=0, pidfd=True):
 def test_the_runner_keeps_its_exit_code_timeout_and_cap_with_or_without_a_pidfd(
         tmp_path, pidfd):
     if pidfd and not HAS_PIDFD:
-        pytest.skip("no pidfd_open here")
+        need_pidfd()
     ok, out = run_runner(tmp_path / "ok", [PY, "-c", "print('hi')"], pidfd=pidfd)
     assert (ok["status"], ok["message"], out) == ("SUCCEEDED", "exit code 0", b"hi\n")
 
