@@ -47,17 +47,17 @@ class HeartBeatHandler(PlaygroundHandler):
 
     def get(self) -> None:
         user_id = self.identity.act_for(self.query("user_id"))
-        status = self.playground.heart_beat(user_id)
-        body = {"user_id": user_id, "status": status, "idle_timeout_s": self.idle_timeout_s}
-        if status != "ok":  # 200 still: the deployed magic only GETs, and reads no body
-            body["message"] = lost_message()
-        self.write_json(body)
+        self.write_json(heart_beat(self.playground, user_id))
 
 
-def lost_message() -> str:
-    """What a heart beat says of a database known to be gone (here and in fast_path)."""
-    return ("the database is lost (its pod is gone or failed); "
-            "POST /api/create_db for a new one")
+def heart_beat(playground, user_id: str) -> dict:
+    """Record the beat; the answer (here and in fast_path)."""
+    status = playground.heart_beat(user_id)
+    body = {"user_id": user_id, "status": status, "idle_timeout_s": playground.idle_timeout_s}
+    if status != "ok":  # 200 still: the deployed magic only GETs, and reads no body
+        body["message"] = ("the database is lost (its pod is gone or failed); "
+                           "POST /api/create_db for a new one")
+    return body
 
 
 class DeleteDBHandler(PlaygroundHandler):

@@ -3,8 +3,9 @@ RequestHandler: ``GET /api/heart_beat`` and the plugin door's poll
 ``GET /plugins/v1/{task_type}/{version}/{job_id}``.
 
 The heart beat is the request every notebook sends every few seconds, and a poll what
-every Flyte-style caller repeats while its job runs: most of what a gateway answers. Through the Application, Tornado spends more on it than the beat itself
-costs: matching ~40 routes, building a handler (its header defaults, a Date string), the
+every Flyte-style caller repeats while its job runs: most of what a gateway answers.
+Through the Application, Tornado spends more on such a request than its own work costs:
+matching ~40 routes, building a handler (its header defaults, a Date string), the
 body-streaming steps of our handlers, its flush. Here the same answer is made with none of
 that: the same identity rules, the same body and headers (Server, Content-Type, Date,
 X-Request-Id, Content-Length), the same metrics, dashboard count and access line.
@@ -29,9 +30,9 @@ from tornado.iostream import StreamClosedError
 from ..accesslog import REQUEST_ID_HEADER, request_id_for
 from ..errors import PlaygroundError
 from .base import connection_identity
-from .db import lost_message
+from .db import heart_beat
 from .jobs import TOKEN_PATTERN
-from .plugins import NAME
+from .plugins import NAME, job_state
 
 ROUTE = "/api/heart_beat"
 POLL_ROUTE = "/plugins/v1/{task_type}/{version}/{job_id}"
@@ -175,13 +176,7 @@ class FastPath(httputil.HTTPMessageDelegate):
             self.route, self.poll = POLL_ROUTE, poll.groups()
             self.received = (start_line, headers)
             return True
-        playground = settings["playground"]
-        status = playground.heart_beat(user_id)
-        answer = {"user_id": user_id, "status": status,
-                  "idle_timeout_s": playground.idle_timeout_s}
-        if status != "ok":
-            answer["message"] = lost_message()
-        self.body = json.dumps(answer).encode()
+        self.body = json.dumps(heart_beat(settings["playground"], user_id)).encode()
         return True
 
     async def _answer_poll(self) -> None:
@@ -190,9 +185,10 @@ class FastPath(httputil.HTTPMessageDelegate):
         task_type, version, job_id = self.poll
         try:
             job = await self.app.settings["jobs"].status(self.identity, job_id)
+            answer = job_state(job, task_type, version, job_id)
         except Exception:  # pylint: disable=broad-except  # the Application says what
-            job = None
-        if job is None or (job["task_type"], job["version"]) != (task_type, version):
+            answer = None
+        if answer is None:
             self.passing = self.fallback
             start_line, headers = self.received
             received = self.fallback.headers_received(start_line, headers)
@@ -200,9 +196,7 @@ class FastPath(httputil.HTTPMessageDelegate):
                 await received
             self.fallback.finish()
             return
-        self.body = json.dumps({"job_id": job_id, "job_state": job["status"],
-                                "message": job["message"], "outputs": job["outputs"] or {},
-                                "log_links": []}).encode()
+        self.body = json.dumps(answer).encode()
         try:
             self._respond()
         except StreamClosedError:
