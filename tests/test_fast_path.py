@@ -10,6 +10,7 @@ import pytest
 
 from sqlflow_playground.cli import JsonFormatter, TurnBatchingStreamHandler
 from sqlflow_playground.handlers.fast_path import FastPath
+from sqlflow_playground_hello import HelloPlugin
 
 
 @pytest.fixture
@@ -241,3 +242,31 @@ def test_a_fast_poll_is_the_handlers_poll_and_anything_else_is_the_handlers(fetc
     assert cancelled.body["job_state"] == "CANCELLED" and fast_answers == [path]
     assert alice("GET", path).body["job_state"] == "CANCELLED"
     assert fast_answers == [path, path]
+
+
+class TimedPlugin(HelloPlugin):
+    """A hello whose get needs a task to belong to (asyncio.timeout) and waits once."""
+
+    task_type = "timed"
+    gets = 0
+
+    async def get(self, ctx, meta, cursor):
+        type(self).gets += 1
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0)
+            return await super().get(ctx, meta, cursor)
+
+
+def test_a_poll_whose_plugin_needs_a_task_is_answered_all_the_same(server, fetch_as,
+                                                                    fast_answers):
+    """The poll's first step runs outside any task (eager.start): asyncio.timeout raises
+    there, and the handler answers, in a task, what the plugin says."""
+    server.gateway.registry.register(TimedPlugin())
+    alice = fetch_as("alice")
+    job_id = alice("POST", "/plugins/v1/timed/v1", SLOW_HELLO).body["job_id"]
+    TimedPlugin.gets = 0
+    response = alice("GET", f"/plugins/v1/timed/v1/{job_id}")
+    assert response.status == 200, response.body
+    assert response.body["job_state"] == "RUNNING"
+    assert response.body["message"] == "greeted Ann 0 time(s)"
+    assert fast_answers == [] and TimedPlugin.gets == 2  # refused at once, then the handler's

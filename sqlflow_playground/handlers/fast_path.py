@@ -17,7 +17,6 @@ else (HEAD, a body, another query, an error to answer: a job that is not the cal
 another type, a refusal of the job service) goes to the Application, which answers it as
 it always has (a poll that fails here is asked again there, and fails there the same way).
 """
-import asyncio
 import json
 import re
 import time
@@ -27,6 +26,7 @@ import tornado
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
+from .. import eager
 from ..accesslog import REQUEST_ID_HEADER, request_id_for
 from ..errors import PlaygroundError
 from .base import connection_identity
@@ -122,9 +122,11 @@ class FastPath(httputil.HTTPMessageDelegate):
         if self.passing is not None:
             self.passing.finish()
         elif self.poll is not None:
-            task = asyncio.ensure_future(self._answer_poll())
-            _running.add(task)
-            task.add_done_callback(_running.discard)
+            # answered in this turn, as a heart beat, unless the job service has to wait
+            task = eager.start(self._answer_poll())
+            if task is not None:
+                _running.add(task)
+                task.add_done_callback(_running.discard)
         else:
             self._respond()
 
