@@ -20,7 +20,8 @@ slow  the real gateway, but its sqlite provisioner sleeps ``--slow_s`` in the bl
 ``--set NAME=VALUE`` (repeatable) sets any other Config field of ours, jobs and slow, after
 their own settings (bench/connections.py: ``max_connections``); without it, nothing changes.
 ``--lag_file PATH`` (jobs only): the server also times its own IOLoop, as bench/sql_output.py's
-server does (``probe_lag``: how late a callback due every 10 ms ran, "WALL_TIME LAG_MS" lines).
+server does (``probe_lag``: how late a callback due every 10 ms ran, "WALL_TIME LAG_MS" lines),
+and logs its garbage collections to PATH.gc (``log_collections``).
 
 All of them listen on an ephemeral port of 127.0.0.1 and log at WARNING (Tornado's
 access log is discarded alike in all of them), except ``ours``' own access log, at INFO and stop on SIGTERM/SIGINT. With BENCH_PROFILE=PATH
@@ -32,6 +33,7 @@ import asyncio
 import concurrent.futures.thread
 import cProfile
 import faulthandler
+import gc
 import json
 import logging
 import os
@@ -121,9 +123,31 @@ async def run_jobs(args: argparse.Namespace) -> None:
         if args.lag_file:
             from sql_output import probe_lag
             probe_lag(asyncio.get_running_loop(), args.lag_file)
+            log_collections(args.lag_file + ".gc")
         announce(gateway.port)
 
     await cli.serve(config, on_started=started)
+
+
+def log_collections(path: str) -> None:
+    """Every garbage collection of the server's interpreter as a "WALL_TIME GENERATION
+    PAUSE_MS COLLECTED" line in ``path`` (flushed once a second): a full
+    collection stops the IOLoop for as long as it takes."""
+    out = open(path, "w", buffering=1 << 16)
+    state = {"start": 0.0, "flushed": time.monotonic()}
+
+    def callback(phase: str, info: dict) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            state["start"] = now
+            return
+        out.write(f"{time.time():.4f} {info['generation']} "
+                  f"{1000 * (now - state['start']):.3f} {info['collected']}\n")
+        if time.monotonic() - state["flushed"] > 1:
+            out.flush()
+            state["flushed"] = time.monotonic()
+
+    gc.callbacks.append(callback)
 
 
 # -- slow ------------------------------------------------------------------------

@@ -652,7 +652,8 @@ async def run_all(args: argparse.Namespace, keys: _servers.KeyStore,
     if await_lags > 0:
         time.sleep(await_lags)
     lags = {"idle": sql_output.lags_between(args.lag_file, *idle_only["lag_between"]),
-            "window": sql_output.lags_between(args.lag_file, wall0, wall1)}
+            "window": sql_output.lags_between(args.lag_file, wall0, wall1),
+            "gc": collections_between(Path(f"{args.lag_file}.gc"), wall0, wall1)}
     wall = t1 - t0
     window = {"wall": wall, "srv": (cpu1 - cpu0) / wall, "cli": (cli1 - cli0) / wall,
               "jobs": (jobs1 - jobs0) / wall,
@@ -660,6 +661,21 @@ async def run_all(args: argparse.Namespace, keys: _servers.KeyStore,
                            - (jobs1 - jobs0)) / wall}
     report(args, rss, opened, base, idle_only, probes, beats, delays, held, window, open_now,
            lags, server.log_tail(5))
+
+
+def collections_between(path: Path, start: float, end: float) -> Dict[int, List[float]]:
+    """The server's garbage collections between two wall-clock times: generation -> their
+    pauses (ms), from _server_entry.log_collections."""
+    pauses: Dict[int, List[float]] = {0: [], 1: [], 2: []}
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return pauses
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 4 and start <= float(fields[0]) <= end:
+            pauses[int(fields[1])].append(float(fields[2]))
+    return pauses
 
 
 def server_open_connections(pid: int) -> int:
@@ -716,6 +732,10 @@ def report(args, rss, opened, base, idle_only, probes, beats, delays, held, wind
                          ("server IOLoop lag, all held", lags["window"])):
         p50, p99, top = stats(values)
         print(f"{name:<44} {len(values):>7} {p50:>7.2f} {p99:>7.2f} {top:>7.2f}")
+    for generation, pauses in sorted(lags["gc"].items()):
+        p50, p99, top = stats(pauses)
+        name = f"server GC pause, generation {generation}" + (" (full)" if generation == 2 else "")
+        print(f"{name:<44} {len(pauses):>7} {p50:>7.2f} {p99:>7.2f} {top:>7.2f}")
     print()
     per_all = (rss["long-polling"] - rss["before"]) / max(1, n_open)
     per_idle = (rss["idle"] - rss["before"]) / max(1, opened["idle"]["ok"])

@@ -3,6 +3,7 @@ certificates and serves on the embedded defaults, printing a curl line that work
 import argparse
 import asyncio
 import datetime
+import gc
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .accesslog import AccessLine, AccessRecord
-from .config import Config, ConfigError, effective_settings, load_config
+from .config import Config, ConfigError, effective_settings, gc_thresholds, load_config
 from .errors import PlaygroundError
 from .server import Gateway
 
@@ -238,10 +239,12 @@ def run(main: Any, event_loop: str = "auto") -> Any:
 async def serve(config: Config, on_started: Optional[Callable[[Gateway], None]] = None) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP re-reads certificates and the CRL."""
     os.umask(0o077)  # whatever this process or its jobs write is for this user only
+    gc.set_threshold(*gc_thresholds(config.gc_thresholds))
     gateway = Gateway(config)
     await gateway.start()
     loop_class = type(asyncio.get_running_loop())
-    log.info("event loop: %s.%s", loop_class.__module__, loop_class.__qualname__)
+    log.info("event loop: %s.%s; garbage collector thresholds %s", loop_class.__module__,
+             loop_class.__qualname__, ",".join(map(str, gc.get_threshold())))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)

@@ -117,6 +117,12 @@ class Config:
         1, "TLS 1.3 session tickets sent per full handshake, for clients that resume "
         "sessions (a resumed handshake skips certificate signing and verifying; the "
         "identity is the certificate of the full handshake); 0: no resumption")
+    gc_thresholds: str = _opt(
+        "700,1000,10", "Python's garbage collector thresholds (gc.set_threshold: young, "
+        "middle, old; Python's own are 700,10,10). A middle one of 1000 keeps objects of "
+        "requests that live seconds (long-polls) out of the oldest generation, whose growth "
+        "sets off full collections: each looks at every object, 300-500 ms with 10,000 "
+        "connections open (bench/connections.py)", check=lambda value: _gc_problem(value))
     log_level: str = _opt("info", "logging level", choices=("debug", "info", "warning", "error"))
     log_format: str = _opt(
         "json", "log lines on stderr: json (one object per line: ts, level, logger, the "
@@ -140,6 +146,26 @@ class Config:
 
 class ConfigError(ValueError):
     """A setting is missing, unknown or has the wrong type."""
+
+
+def gc_thresholds(text: str) -> Tuple[int, int, int]:
+    """``--gc_thresholds`` as gc.set_threshold takes them: three whole numbers, the
+    first above 0 (0 would turn the collector off)."""
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError("must be three whole numbers separated by commas, as 700,1000,10")
+    young, middle, old = (int(p) for p in parts)
+    if young < 1 or middle < 1 or old < 1:
+        raise ValueError("must all be at least 1 (0 would turn collections off)")
+    return young, middle, old
+
+
+def _gc_problem(value: str) -> Optional[str]:
+    try:
+        gc_thresholds(value)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _convert(f: dataclasses.Field, raw: Any, source: str) -> Any:
@@ -168,6 +194,10 @@ def _convert(f: dataclasses.Field, raw: Any, source: str) -> Any:
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{source}: {f.name} must be one of {', '.join(choices)}, not {value!r}")
+    check = f.metadata.get("check")
+    problem = check(value) if check is not None else None
+    if problem:
+        raise ConfigError(f"{source}: {f.name} {problem}, not {value!r}")
     return value
 
 

@@ -1,9 +1,15 @@
 """Settings come from flags, SQLFLOW_PLAYGROUND_<FLAG> variables and a YAML file."""
+import asyncio
 import dataclasses
+import gc
+import os
+import signal
 
 import pytest
 
-from sqlflow_playground.config import Config, ConfigError, build_parser, load_config
+from sqlflow_playground import cli
+from sqlflow_playground.config import (Config, ConfigError, build_parser, gc_thresholds,
+                                       load_config)
 from sqlflow_playground.server import Gateway
 
 
@@ -47,6 +53,9 @@ def test_frontend_certs_flag_is_comma_separated():
     ([], {}, "colour: blue\n", "unknown settings colour"),
     ([], {}, "- a list\n", "mapping"),
     ([], {}, "port: [\n", "not valid YAML"),
+    (["--gc_thresholds", "700,10"], {}, None, "three whole numbers"),
+    ([], {"SQLFLOW_PLAYGROUND_GC_THRESHOLDS": "a,b,c"}, None, "three whole numbers"),
+    ([], {}, "gc_thresholds: 0,10,10\n", "at least 1"),
 ])
 def test_bad_settings_are_refused_with_a_reason(tmp_path, argv, env, yaml_text, needle):
     if yaml_text is not None:
@@ -128,3 +137,20 @@ def test_the_effective_settings_mask_secrets_and_name_files(tmp_path):
     assert settings["db_url"] == "mysql://gw:***@db/state"
     assert "From-File-1" not in repr(settings) and "From-Env-2" not in repr(settings)
     assert set(settings) == {f.name for f in dataclasses.fields(Config)}
+
+
+def test_the_server_runs_with_the_garbage_collector_thresholds_it_is_given(tmp_path):
+    assert gc_thresholds(load_config([], environ={}).gc_thresholds) == (700, 1000, 10)
+    before, seen = gc.get_threshold(), []
+
+    def started(gateway):
+        seen.append(gc.get_threshold())
+        os.kill(os.getpid(), signal.SIGTERM)  # serve() stops on it, as in production
+
+    config = load_config(["--port=0", "--host=127.0.0.1", "--insecure", "--grpc_port=0",
+                          f"--state_dir={tmp_path}", "--gc_thresholds= 900, 50,20"], environ={})
+    try:
+        asyncio.run(cli.serve(config, on_started=started))
+    finally:
+        gc.set_threshold(*before)
+    assert seen == [(900, 50, 20)]
