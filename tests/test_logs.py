@@ -133,7 +133,9 @@ def test_success_is_info_and_client_errors_are_warnings(fetch_as, caplog):
 # -- one format per output, lifecycle events, long polls, the configuration (issue 13,
 # item 8) -----------------------------------------------------------------------------
 
+import http.client  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -435,3 +437,24 @@ def test_timestamps_are_utc_milliseconds_as_datetime_formats_them():
         stamp = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
         assert _iso(t) == stamp.strftime("%Y-%m-%dT%H:%M:%S.") + \
             f"{stamp.microsecond // 1000:03d}Z", t
+
+
+def test_a_kill_9_loses_no_access_line_of_a_request_answered_before_the_last(certs, tmp_path):
+    """Access lines are written once per turn of the loop, at its end
+    (TurnBatchingStreamHandler): once a later request has been answered, the line of every
+    earlier one is in the log, however the process dies next."""
+    server = ServerProcess(certs, tmp_path)
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=30,
+                                       context=client_context(certs.dir, "alice"))
+    ids = [uuid.uuid4().hex[:16] for _ in range(40)]
+    # heart beats (answered before routing) and routed requests, on one connection
+    paths = ["/api/heart_beat", "/plugins/v1"] * 20 + ["/api/heart_beat"]
+    for path, request_id in zip(paths, ids + ["the-last-one"]):
+        conn.request("GET", path, headers={"X-Request-Id": request_id})
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200 and response.headers["X-Request-Id"] == request_id
+    server.proc.send_signal(signal.SIGKILL)
+    assert server.proc.wait(30) == -signal.SIGKILL
+    logged = {json.loads(ln).get("request_id") for ln in server.lines() if ln.startswith("{")}
+    assert [i for i in ids if i not in logged] == []
