@@ -149,8 +149,11 @@ def test_the_server_runs_with_the_garbage_collector_thresholds_it_is_given(tmp_p
 
     config = load_config(["--port=0", "--host=127.0.0.1", "--insecure", "--grpc_port=0",
                           f"--state_dir={tmp_path}", "--gc_thresholds= 900, 50,20"], environ={})
+    umask = os.umask(0o022)  # serve() sets the process's umask: given back after
+    os.umask(umask)
     try:
         asyncio.run(cli.serve(config, on_started=started))
     finally:
         gc.set_threshold(*before)
+        os.umask(umask)
     assert seen == [(900, 50, 20)]
