@@ -103,7 +103,13 @@ class TaskPlugin(abc.ABC):
 
     @abc.abstractmethod
     def get(self, ctx: TaskContext, meta: Dict[str, Any], cursor: str) -> TaskState:
-        """The job's state, with responses produced since ``cursor``."""
+        """The job's state, with responses produced since ``cursor``.
+
+        An async ``get`` asked by a plugin-door poll starts at once, outside any task, and
+        goes on in a task of its own from its first wait (``eager.py``): what needs a task
+        before that (``asyncio.timeout``, a ``TaskGroup``) makes that poll be asked again
+        the usual way, so ``get`` runs twice for it. Put such things after a first await,
+        or make ``get`` plain."""
 
     @abc.abstractmethod
     def delete(self, ctx: TaskContext, meta: Dict[str, Any]) -> None:
