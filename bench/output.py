@@ -24,6 +24,9 @@ scripts/gen_cert.sh in a temporary key store; this process (core 1) is the clien
 5. ``GET /api/jobs/{token}/output`` (the raw download) over one blocking TLS socket, the
    body read and discarded; its length must be the file's size.
 6. ``cat`` again (the better of the two cat runs is the one compared).
+7. With ``--from_disk`` (root only): ``cat``, the fetch and the download once more, each
+   after the kernel's page cache was dropped (``/proc/sys/vm/drop_caches``), so each
+   reads the file from the disk; the ratios to that ``cat`` are printed and judged too.
 
 During 4 and 5 the server's RSS is watched: the baseline is VmRSS just before; the peak
 is the kernel's VmHWM, reset to the baseline just before (/proc/PID/clear_refs "5"), and
@@ -462,6 +465,7 @@ async def run_all(args: argparse.Namespace, server: _servers.ServerProcess,
     cat2 = time_cat(path)
     print(f"cat 2: {size / cat2 / 1e6:,.0f} MB/s ({cat2:.3f} s)", flush=True)
     cat = min(cat1, cat2)
+    disk = await from_disk(path, size, pages, raw, pid) if args.from_disk else None
     speeds = {"cat": size / cat, "floor": size / floor["wall"], "fetch": size / wall,
               "raw": size / raw_wall}
     # Bytes per CPU second of the sending side: what the wall-clock speeds would be with a
@@ -489,6 +493,46 @@ async def run_all(args: argparse.Namespace, server: _servers.ServerProcess,
         print(f"  server RSS growth, {label:<9} {r['growth'] / page:.2f} x fetch_page_bytes "
               f"(target <= {TARGET_RSS_PAGES})  "
               f"{verdict(r['growth'] <= TARGET_RSS_PAGES * page)}")
+    if isinstance(disk, str):
+        print(f"  from disk: not measured: {disk}")
+    elif disk is not None:
+        print(f"  from disk (the page cache dropped before each read):\n"
+              f"  cat to /dev/null             {size / disk['cat'] / 1e6:>8,.0f} MB/s")
+        for name, label in (("fetch", "fetch, JSON pages"), ("raw", "download, raw bytes")):
+            ratio = disk["cat"] / disk[name]
+            print(f"  {label:<28} {size / disk[name] / 1e6:>8,.0f} MB/s   = {ratio:.3f} x "
+                  f"cat from disk   (target >= {TARGET_SPEED_RATIO} x cat)  "
+                  f"{verdict(ratio >= TARGET_SPEED_RATIO)}")
+
+
+def drop_page_cache() -> Optional[str]:
+    """Empty the kernel's page cache (root only; every process's cached files go): None,
+    or why it could not."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("1\n")
+    except OSError as e:
+        return f"cannot drop the page cache ({e.strerror}; it takes root)"
+    return None
+
+
+async def from_disk(path: str, size: int, pages, raw, pid: int):
+    """``--from_disk``: cat, the fetch and the download again, each after the page cache
+    was dropped, so each reads the file from the disk: {name: seconds}, or why not."""
+    seconds = {}
+    problem = drop_page_cache()
+    if problem:
+        return problem
+    seconds["cat"] = time_cat(path)
+    print(f"cat from disk: {size / seconds['cat'] / 1e6:,.0f} MB/s", flush=True)
+    drop_page_cache()
+    seconds["fetch"] = (await measure_rss(pid, pages))[0][1]
+    print(f"fetch from disk: {size / seconds['fetch'] / 1e6:,.0f} MB/s", flush=True)
+    drop_page_cache()
+    seconds["raw"] = (await measure_rss(pid, raw))[0][0]
+    print(f"download from disk: {size / seconds['raw'] / 1e6:,.0f} MB/s", flush=True)
+    return seconds
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -505,6 +549,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--mmap_threshold", type=int, default=0, metavar="BYTES",
                    help="run the server with MALLOC_MMAP_THRESHOLD_=BYTES (glibc: buffers "
                         "this large are mapped and unmapped, never kept in a heap)")
+    p.add_argument("--from_disk", action="store_true",
+                   help="also cat, fetch and download with the page cache dropped before "
+                        "each (root only; it empties every process's cached files)")
     p.add_argument("--no_pin", action="store_true")
     args = p.parse_args(argv)
     if args.quick:

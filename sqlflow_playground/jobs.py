@@ -1091,6 +1091,7 @@ class RangeNotSatisfiable(PlaygroundError):
 
 
 MAX_RANGE_HEADER = 64
+READ_AHEAD_BYTES = 8 << 20  # how far ahead of a download the kernel is asked to read: see Download
 
 
 def parse_byte_range(header: Optional[str], size: int) -> Tuple[int, int]:
@@ -1131,6 +1132,7 @@ class Download:
         self.path, self.start, self.stop, self.size = path, start, stop, size
         self.partial, self.store, self.token = partial, store, token
         self._fd: Optional[int] = None
+        self._ahead = start  # where the read-ahead asked of the kernel ends
 
     @property
     def length(self) -> int:
@@ -1145,8 +1147,25 @@ class Download:
             sync_mirror(self.store, self.token, self.path, self.size, offset + want)
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._ahead = offset
+        self._read_ahead(offset + want)
         with view[:want] as into:
             return os.preadv(self._fd, [into], offset)
+
+    def _read_ahead(self, upto: int) -> None:
+        """Ask the kernel to start reading the next READ_AHEAD_BYTES from the disk now
+        (POSIX_FADV_WILLNEED: asynchronous), a window before they are needed, so that a
+        read finds them cached instead of waiting for the disk while nothing is sent. Its
+        own read-ahead starts smaller and only grows as reads prove sequential: measured
+        from disk (page cache dropped), a download went from 0.31 to 0.79 x the speed of
+        cat (bench/output.py --from_disk)."""
+        if self._ahead >= min(upto + READ_AHEAD_BYTES // 2, self.stop):
+            return
+        start, self._ahead = self._ahead, min(upto + READ_AHEAD_BYTES, self.stop)
+        try:
+            os.posix_fadvise(self._fd, start, self._ahead - start, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # only advice: a file system that takes none is read as it comes
 
     def close(self) -> None:
         if self._fd is not None:

@@ -246,3 +246,37 @@ def test_a_job_run_by_another_replica_downloads_from_what_it_shipped(certs, make
     assert headers["content-range"] == f"bytes {PAGE + 3}-{len(data) - 1}/{len(data)}"
     status, _, _ = download(certs, b.port, "bob", f"/api/jobs/{token}/output")
     assert status == 404
+
+
+def test_a_download_asks_the_kernel_to_read_ahead_each_part_of_the_file_once(tmp_path,
+                                                                              monkeypatch):
+    """From disk, reads would wait for it while nothing is sent: a download asks for the
+    next READ_AHEAD_BYTES ahead of its reads (POSIX_FADV_WILLNEED), each byte once, never
+    past what it sends."""
+    path = tmp_path / "output.log"
+    size = 3 * jobs.READ_AHEAD_BYTES + 12345
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+    advised = []
+    monkeypatch.setattr(jobs.os, "posix_fadvise",
+                        lambda fd, start, length, advice: advised.append((start, length, advice)))
+    start, stop = 1000, size - 500  # a Range
+    download = jobs.Download(str(path), start, stop, size, True, None, "t")
+    view, offset = memoryview(bytearray(512 << 10)), start
+    try:
+        while True:
+            n = download.read_into(view, offset)
+            if not n:
+                break
+            # what is read now was asked for before (or with) this read
+            assert any(s <= offset and offset + n <= s + ln for s, ln, _ in advised)
+            offset += n
+    finally:
+        download.close()
+    assert offset == stop
+    assert {advice for _, _, advice in advised} == {jobs.os.POSIX_FADV_WILLNEED}
+    # contiguous, from the first byte to the last, nothing twice, nothing past stop
+    assert advised[0][0] == start
+    assert all(a[0] + a[1] == b[0] for a, b in zip(advised, advised[1:]))
+    assert advised[-1][0] + advised[-1][1] == stop
+    assert 4 <= len(advised) <= 2 * size // jobs.READ_AHEAD_BYTES + 2
