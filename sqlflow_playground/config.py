@@ -122,7 +122,7 @@ class Config:
         "middle, old; Python's own are 700,10,10). A middle one of 1000 keeps objects of "
         "requests that live seconds (long-polls) out of the oldest generation, whose growth "
         "sets off full collections: each looks at every object, 300-500 ms with 10,000 "
-        "connections open (bench/connections.py)", check=lambda value: _gc_problem(value))
+        "connections open (bench/connections.py)", check=lambda value: gc_thresholds(value))
     log_level: str = _opt("info", "logging level", choices=("debug", "info", "warning", "error"))
     log_format: str = _opt(
         "json", "log lines on stderr: json (one object per line: ts, level, logger, the "
@@ -160,14 +160,6 @@ def gc_thresholds(text: str) -> Tuple[int, int, int]:
     return young, middle, old
 
 
-def _gc_problem(value: str) -> Optional[str]:
-    try:
-        gc_thresholds(value)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
 def _convert(f: dataclasses.Field, raw: Any, source: str) -> Any:
     """Turn a flag/env/YAML value into the field's type, refusing what does not fit."""
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
@@ -194,10 +186,12 @@ def _convert(f: dataclasses.Field, raw: Any, source: str) -> Any:
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{source}: {f.name} must be one of {', '.join(choices)}, not {value!r}")
-    check = f.metadata.get("check")
-    problem = check(value) if check is not None else None
-    if problem:
-        raise ConfigError(f"{source}: {f.name} {problem}, not {value!r}")
+    check = f.metadata.get("check")  # raises ValueError saying what is wrong
+    if check is not None:
+        try:
+            check(value)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {f.name} {e}, not {value!r}") from None
     return value
 
 

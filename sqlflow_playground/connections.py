@@ -398,6 +398,9 @@ class GatewayHTTPServer(HTTPServer):
                    **kwargs: Any) -> None:
         super().initialize(request_callback, **kwargs)
         self.conn_params.header_timeout = None  # the sweeper watches idle and header time
+        # A route the application answers before routing (handlers/fast_path.py),
+        # falling back to the application's own delegate for anything else.
+        self.fast_path = getattr(request_callback, "settings", {}).get("fast_path")
         self.max_connections = max_connections
         self.limits: Dict[str, Optional[float]] = {
             HANDSHAKE: handshake_timeout_s or None, IDLE: idle_timeout_s or None,
@@ -508,11 +511,8 @@ class GatewayHTTPServer(HTTPServer):
 
     def start_request(self, server_conn: Any, request_conn: httputil.HTTPConnection) -> Any:
         delegate = super().start_request(server_conn, request_conn)
-        # A route the application answers before routing (handlers/fast_path.py),
-        # falling back to the application's own delegate for anything else.
-        fast_path = getattr(self.request_callback, "settings", {}).get("fast_path")
-        if fast_path is not None:
-            delegate = fast_path(self.request_callback, request_conn, delegate)
+        if self.fast_path is not None:
+            delegate = self.fast_path(self.request_callback, request_conn, delegate)
         return _InputErrorsAsJSON(delegate, request_conn)
 
     # -- the sweeper -----------------------------------------------------------

@@ -1147,7 +1147,6 @@ class Download:
             sync_mirror(self.store, self.token, self.path, self.size, offset + want)
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            self._ahead = offset
         self._read_ahead(offset + want)
         with view[:want] as into:
             return os.preadv(self._fd, [into], offset)

@@ -11,8 +11,9 @@ that: the same identity rules, the same body and headers (Server, Content-Type, 
 X-Request-Id, Content-Length), the same metrics, dashboard count and access line.
 
 Only the plain case is taken: GET of exactly ``/api/heart_beat`` with no query or
-``user_id=ID`` alone, or of a poll path with no query; no body, one valid Host, a
-certificate (not ``--insecure``), and a caller allowed to act for that user. Everything
+``user_id=ID`` alone, or of a poll path with no query; no body, one valid Host, an
+identity (a certificate's, or ``--insecure``'s anonymous frontend), and a caller allowed
+to act for that user. Everything
 else (HEAD, a body, another query, an error to answer: a job that is not the caller's, of
 another type, a refusal of the job service) goes to the Application, which answers it as
 it always has (a poll that fails here is asked again there, and fails there the same way).
